@@ -1,0 +1,3 @@
+"""genq: bulk offline text generation."""
+
+__version__ = "0.1.0"

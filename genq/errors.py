@@ -1,0 +1,30 @@
+"""Domain errors: a few flat classes, each mapped once to an HTTP status."""
+
+from __future__ import annotations
+
+
+class GenqError(Exception):
+    """Base of every error genq reports to a user."""
+
+    status_code = 500
+
+
+class InvalidRequest(GenqError):
+    """Bad input; ``field`` names what is wrong (``params.top_p``, ``prompt``...)."""
+
+    status_code = 422
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+        self.message = message
+
+
+class ModelNotFound(GenqError):
+    status_code = 404
+
+
+class ModelUnavailable(GenqError):
+    """A known model that cannot be provisioned here (no registry, no wheel)."""
+
+    status_code = 503

@@ -1,0 +1,40 @@
+"""The one settings object. Every knob is an environment variable prefixed ``GENQ_``."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from platformdirs import user_cache_dir, user_data_dir
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "smollm2-135m"
+"""The model a job gets when it names none."""
+
+DEFAULT_MAX_BATCH_TOKENS = 32768
+"""Token budget of one batch: rows x (padded prompt + max_new_tokens)."""
+
+DEFAULT_MAX_BATCH_SIZE = 64
+"""Most rows (prompts x num_return_sequences) in one generate call."""
+
+
+def _default_database_url() -> str:
+    return f"sqlite:///{Path(user_data_dir('genq')) / 'genq.db'}"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GENQ_", extra="ignore")
+
+    database_url: str = Field(default_factory=_default_database_url)
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    model_cache: Path = Field(default_factory=lambda: Path(user_cache_dir("genq")) / "models")
+    default_model: str = DEFAULT_MODEL
+    device: str = "auto"
+    max_batch_tokens: int = Field(default=DEFAULT_MAX_BATCH_TOKENS, ge=1)
+    max_batch_size: int = Field(default=DEFAULT_MAX_BATCH_SIZE, ge=1)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
