@@ -28,3 +28,19 @@ class ModelUnavailable(GenqError):
     """A known model that cannot be provisioned here (no registry, no wheel)."""
 
     status_code = 503
+
+
+class Conflict(GenqError):
+    """The request clashes with existing state (an output file of another input, say)."""
+
+    status_code = 409
+
+
+class JobNotFound(GenqError):
+    """No such job for this tenant: another tenant's job reads as missing, never as forbidden."""
+
+    status_code = 404
+
+
+class IllegalTransition(Conflict):
+    """A status change the state machine does not allow (cancelling a completed job, say)."""

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import pytest
+
+from genq.params import parse_params
+from genq.settings import Settings, get_settings
+from worker.engine import Engine
+from worker.models import LoadedModel, load_model
+from worker.types import GenRequest, GenResult
+
+PROSE = (
+    "The river ran past the old mill and the children watched the water turn the wheel. "
+    "Every evening the baker closed his shop, counted the coins and walked home by the bridge. "
+    "In the north the winters are long, and people keep lamps burning in their windows. "
+)
+
+
+def varied_prompts(count: int) -> list[str]:
+    """Prompts from a few words to a few hundred tokens long, all different."""
+    words = PROSE.split()
+    return [
+        f"{n}. " + " ".join(words[(n * 7) % len(words) :] + words)[: 8 + (n * 53) % 600]
+        for n in range(count)
+    ]
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_cache: Path) -> LoadedModel:
+    return load_model("tiny-gpt2", Settings(model_cache=tiny_cache))
+
+
+@pytest.fixture(scope="session")
+def smol() -> LoadedModel:
+    return load_model("smollm2-135m", get_settings())
+
+
+@pytest.fixture
+def make_engine() -> Callable[..., Engine]:
+    def make(loaded: LoadedModel, *, max_batch_tokens: int = 65536, max_batch_size: int = 64) -> Engine:
+        return Engine(loaded, max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size)
+
+    return make
+
+
+def request(key: str, prompt: str | None = None, **params: object) -> GenRequest:
+    return GenRequest(key=key, params=parse_params(params), prompt=prompt)
+
+
+def run_all(engine: Engine, requests: Iterable[GenRequest]) -> dict[str, GenResult]:
+    return {r.key: r for report in engine.run(requests) for r in report.results}
