@@ -32,9 +32,13 @@ def one_at_a_time(loaded, prompts: list[str], max_new_tokens: int) -> list[str]:
     for prompt in prompts:
         enc = loaded.tokenizer(prompt, return_tensors="pt").to(loaded.device)
         with torch.inference_mode():
-            out = loaded.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                        pad_token_id=loaded.pad_token_id)
-        new = out[0, enc["input_ids"].shape[1]:]
+            out = loaded.model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=loaded.pad_token_id,
+            )
+        new = out[0, enc["input_ids"].shape[1] :]
         texts.append(loaded.tokenizer.decode(new, skip_special_tokens=True))
     return texts
 
@@ -43,10 +47,20 @@ def with_pipeline(loaded, path: Path, prompts: list[str], max_new_tokens: int) -
     tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    pipe = pipeline("text-generation", model=loaded.model, tokenizer=tokenizer,
-                    device=loaded.device, batch_size=32)
-    outputs = pipe(prompts, max_new_tokens=max_new_tokens, do_sample=False,
-                   return_full_text=False, pad_token_id=loaded.pad_token_id)
+    pipe = pipeline(
+        "text-generation",
+        model=loaded.model,
+        tokenizer=tokenizer,
+        device=loaded.device,
+        batch_size=32,
+    )
+    outputs = pipe(
+        prompts,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        return_full_text=False,
+        pad_token_id=loaded.pad_token_id,
+    )
     return [o[0]["generated_text"] for o in outputs]
 
 
@@ -68,8 +82,9 @@ def main() -> None:
     loaded = load_model(args.model, settings)
     prompts = [json.loads(line)["prompt"] for line in PROMPTS.read_text().splitlines()]
     prompts = prompts[: args.count]
-    engine = Engine(loaded, max_batch_tokens=settings.max_batch_tokens,
-                    max_batch_size=settings.max_batch_size)
+    engine = Engine(
+        loaded, max_batch_tokens=settings.max_batch_tokens, max_batch_size=settings.max_batch_size
+    )
     with_engine(engine, prompts[:4], 4)  # warm-up: first calls pay one-off setup costs
 
     timings: dict[str, float] = {}
@@ -78,20 +93,25 @@ def main() -> None:
     texts["genq engine"], tokens = with_engine(engine, prompts, args.max_new_tokens)
     timings["genq engine"] = time.perf_counter() - started
     started = time.perf_counter()
-    texts["pipeline bs=32"] = with_pipeline(loaded, resolve_model_path(args.model, settings),
-                                            prompts, args.max_new_tokens)
+    texts["pipeline bs=32"] = with_pipeline(
+        loaded, resolve_model_path(args.model, settings), prompts, args.max_new_tokens
+    )
     timings["pipeline bs=32"] = time.perf_counter() - started
     started = time.perf_counter()
     texts["one at a time"] = one_at_a_time(loaded, prompts, args.max_new_tokens)
     timings["one at a time"] = time.perf_counter() - started
 
-    print(f"model {args.model}, {len(prompts)} prompts, greedy, max_new_tokens="
-          f"{args.max_new_tokens}, {torch.get_num_threads()} threads, device {loaded.device}")
+    print(
+        f"model {args.model}, {len(prompts)} prompts, greedy, max_new_tokens="
+        f"{args.max_new_tokens}, {torch.get_num_threads()} threads, device {loaded.device}"
+    )
     print(f"completion tokens (up to EOS, as genq counts them): {tokens}")
     print(f"{'way':<16}{'seconds':>10}{'tokens/s':>12}{'genq x':>10}")
     for way, seconds in timings.items():
-        print(f"{way:<16}{seconds:>10.1f}{tokens / seconds:>12.1f}"
-              f"{seconds / timings['genq engine']:>10.2f}")
+        print(
+            f"{way:<16}{seconds:>10.1f}{tokens / seconds:>12.1f}"
+            f"{seconds / timings['genq engine']:>10.2f}"
+        )
     reference = texts["genq engine"]
     for way, outs in texts.items():
         same = sum(a == b for a, b in zip(outs, reference, strict=True))

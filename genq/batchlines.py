@@ -20,8 +20,19 @@ from genq.params import GenerationParams, parse_params
 Form = Literal["native", "completions", "chat"]
 ENDPOINTS: dict[str, Form] = {"/v1/completions": "completions", "/v1/chat/completions": "chat"}
 OPENAI_DEFAULT_MAX_TOKENS = 16  # OpenAI's completions default when max_tokens is absent
-OPENAI_UNSUPPORTED = ("logprobs", "top_logprobs", "logit_bias", "best_of", "echo", "suffix",
-                      "tools", "tool_choice", "functions", "response_format", "stream")
+OPENAI_UNSUPPORTED = (
+    "logprobs",
+    "top_logprobs",
+    "logit_bias",
+    "best_of",
+    "echo",
+    "suffix",
+    "tools",
+    "tool_choice",
+    "functions",
+    "response_format",
+    "stream",
+)
 OPENAI_IGNORED = ("model", "user", "metadata", "store", "stream_options", "parallel_tool_calls")
 
 
@@ -88,9 +99,20 @@ def _openai(raw: Mapping[str, Any], index: int, custom_id: str) -> Line:
 
 def openai_params(body: Mapping[str, Any], *, chat: bool) -> GenerationParams:
     """Map an OpenAI request body onto generation parameters (OpenAI's defaults included)."""
-    known = {"prompt", "messages", "max_tokens", "max_completion_tokens", "temperature",
-             "top_p", "n", "stop", "seed", "frequency_penalty", "presence_penalty",
-             *OPENAI_IGNORED}
+    known = {
+        "prompt",
+        "messages",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "n",
+        "stop",
+        "seed",
+        "frequency_penalty",
+        "presence_penalty",
+        *OPENAI_IGNORED,
+    }
     for name in body:
         if name in OPENAI_UNSUPPORTED or name not in known:
             raise InvalidRequest(f"body.{name}", "not supported by genq")
@@ -150,34 +172,63 @@ def render(
 ) -> dict[str, Any]:
     """The output line for ``line``: its result (choices) or its error, in the input's form."""
     completion_tokens = sum(int(c["completion_tokens"]) for c in choices)
-    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-             "total_tokens": prompt_tokens + completion_tokens}
+    usage = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
     if line.form == "native":
         if error is not None:
             return {"custom_id": line.custom_id, "error": error}
         first = choices[0]
-        return {"custom_id": line.custom_id, "text": first["text"],
-                "finish_reason": first["finish_reason"],
-                "choices": [dict(c) for c in choices], "usage": usage, "error": None}
+        return {
+            "custom_id": line.custom_id,
+            "text": first["text"],
+            "finish_reason": first["finish_reason"],
+            "choices": [dict(c) for c in choices],
+            "usage": usage,
+            "error": None,
+        }
     request_id = f"req_{uuid.uuid4().hex}"
     out: dict[str, Any] = {"id": f"batch_req_{uuid.uuid4().hex}", "custom_id": line.custom_id}
     if error is not None:
         field = line.error.field if line.error is not None else None
-        body = {"error": {"message": error, "type": "invalid_request_error",
-                          "param": field or None, "code": None}}
-        out.update(response={"status_code": 400, "request_id": request_id, "body": body},
-                   error=None)
+        body = {
+            "error": {
+                "message": error,
+                "type": "invalid_request_error",
+                "param": field or None,
+                "code": None,
+            }
+        }
+        out.update(
+            response={"status_code": 400, "request_id": request_id, "body": body}, error=None
+        )
         return out
     if line.form == "chat":
-        body_choices = [{"index": i, "message": {"role": "assistant", "content": c["text"]},
-                         "finish_reason": c["finish_reason"], "logprobs": None}
-                        for i, c in enumerate(choices)]
+        body_choices = [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": c["text"]},
+                "finish_reason": c["finish_reason"],
+                "logprobs": None,
+            }
+            for i, c in enumerate(choices)
+        ]
         obj = "chat.completion"
     else:
-        body_choices = [{"index": i, "text": c["text"], "finish_reason": c["finish_reason"],
-                         "logprobs": None} for i, c in enumerate(choices)]
+        body_choices = [
+            {"index": i, "text": c["text"], "finish_reason": c["finish_reason"], "logprobs": None}
+            for i, c in enumerate(choices)
+        ]
         obj = "text_completion"
-    body = {"id": f"cmpl-{uuid.uuid4().hex}", "object": obj, "created": int(time.time()),
-            "model": model, "choices": body_choices, "usage": usage}
+    body = {
+        "id": f"cmpl-{uuid.uuid4().hex}",
+        "object": obj,
+        "created": int(time.time()),
+        "model": model,
+        "choices": body_choices,
+        "usage": usage,
+    }
     out.update(response={"status_code": 200, "request_id": request_id, "body": body}, error=None)
     return out

@@ -42,7 +42,11 @@ class RunSummary:
 
     @property
     def padding_efficiency(self) -> float:
-        return self.real_prompt_tokens / self.padded_prompt_tokens if self.padded_prompt_tokens else 1.0
+        return (
+            self.real_prompt_tokens / self.padded_prompt_tokens
+            if self.padded_prompt_tokens
+            else 1.0
+        )
 
     def text(self) -> str:
         return (
@@ -75,26 +79,43 @@ def run_file(
     started = time.perf_counter()
     bar = tqdm(total=len(todo), unit="req", disable=not progress, file=sys.stderr)
     with journal.open("a", encoding="utf-8") as sink:
-        _journal(sink, done, summary, [
-            (line, render(line, model=model, error=str(line.error)))
-            for line in todo if line.error is not None
-        ])
+        _journal(
+            sink,
+            done,
+            summary,
+            [
+                (line, render(line, model=model, error=str(line.error)))
+                for line in todo
+                if line.error is not None
+            ],
+        )
         requests = [
             GenRequest(str(line.index), line.params, line.prompt, line.messages)
-            for line in todo if line.error is None and line.params is not None
+            for line in todo
+            if line.error is None and line.params is not None
         ]
         for report in engine.run(requests):
             rendered = []
             for result in report.results:
                 line = by_index[int(result.key)]
                 choices = [c.__dict__ for c in result.choices]
-                rendered.append((line, render(line, model=model, choices=choices,
-                                              prompt_tokens=result.prompt_tokens,
-                                              error=result.error)))
+                rendered.append(
+                    (
+                        line,
+                        render(
+                            line,
+                            model=model,
+                            choices=choices,
+                            prompt_tokens=result.prompt_tokens,
+                            error=result.error,
+                        ),
+                    )
+                )
             _journal(sink, done, summary, rendered)
             summary.batches.append(report)
-            summary.real_prompt_tokens += round(report.prompt_efficiency * report.rows
-                                                * report.padded_length)
+            summary.real_prompt_tokens += round(
+                report.prompt_efficiency * report.rows * report.padded_length
+            )
             summary.padded_prompt_tokens += report.rows * report.padded_length
             summary.elapsed = time.perf_counter() - started
             bar.update(len(report.results))
@@ -115,13 +136,19 @@ def _input_lines(path: Path) -> Iterator[str]:
                 yield text
 
 
-def _journal(sink: Any, done: dict[int, dict[str, Any]], summary: RunSummary,
-             rendered: list[tuple[Line, dict[str, Any]]]) -> None:
+def _journal(
+    sink: Any,
+    done: dict[int, dict[str, Any]],
+    summary: RunSummary,
+    rendered: list[tuple[Line, dict[str, Any]]],
+) -> None:
     for line, out in rendered:
         done[line.index] = out
         sink.write(json.dumps({"index": line.index, "line": out}) + "\n")
-        failed = out.get("error") is not None or (out.get("response") or {}).get(
-            "status_code", 200) != 200
+        failed = (
+            out.get("error") is not None
+            or (out.get("response") or {}).get("status_code", 200) != 200
+        )
         summary.failed += failed
         summary.ok += not failed
         usage = out.get("usage") or ((out.get("response") or {}).get("body") or {}).get("usage")

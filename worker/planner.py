@@ -53,9 +53,7 @@ def batch_cost(rows: int, padded_length: int, max_new_tokens: int) -> int:
     return rows * (padded_length + max_new_tokens)
 
 
-def plan(
-    items: Iterable[PlanItem], *, max_batch_tokens: int, max_batch_size: int
-) -> list[Batch]:
+def plan(items: Iterable[PlanItem], *, max_batch_tokens: int, max_batch_size: int) -> list[Batch]:
     """Group by parameter set, sort each group by prompt length, cut by budget and row cap.
 
     An item too big for the budget on its own still gets a batch of its own: the budget guides

@@ -71,7 +71,7 @@ class RepetitionPenalty(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        real = (positions.unsqueeze(0) >= self.first_real.to(input_ids.device).unsqueeze(1))
+        real = positions.unsqueeze(0) >= self.first_real.to(input_ids.device).unsqueeze(1)
         seen = torch.zeros_like(scores).scatter_add_(1, input_ids, real.to(scores.dtype)) > 0
         penalised = torch.where(scores < 0, scores * self.penalty, scores / self.penalty)
         return torch.where(seen, penalised, scores)

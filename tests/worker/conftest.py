@@ -44,7 +44,9 @@ def smol() -> LoadedModel:
 
 @pytest.fixture
 def make_engine() -> Callable[..., Engine]:
-    def make(loaded: LoadedModel, *, max_batch_tokens: int = 65536, max_batch_size: int = 64) -> Engine:
+    def make(
+        loaded: LoadedModel, *, max_batch_tokens: int = 65536, max_batch_size: int = 64
+    ) -> Engine:
         return Engine(loaded, max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size)
 
     return make
