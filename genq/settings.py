@@ -18,6 +18,15 @@ DEFAULT_MAX_BATCH_TOKENS = 32768
 DEFAULT_MAX_BATCH_SIZE = 64
 """Most rows (prompts x num_return_sequences) in one generate call."""
 
+DEFAULT_LEASE_SECONDS = 600.0
+"""How long a claim holds a request before another worker may take it over."""
+
+DEFAULT_MAX_ATTEMPTS = 3
+"""Claims a request gets before the reconciler fails it (poison requests stop looping)."""
+
+DEFAULT_REANNOUNCE_SECONDS = 300.0
+"""A queued request whose last queue message is older than this is announced again."""
+
 
 def _default_database_url() -> str:
     return f"sqlite:///{Path(user_data_dir('genq')) / 'genq.db'}"
@@ -33,6 +42,9 @@ class Settings(BaseSettings):
     device: str = "auto"
     max_batch_tokens: int = Field(default=DEFAULT_MAX_BATCH_TOKENS, ge=1)
     max_batch_size: int = Field(default=DEFAULT_MAX_BATCH_SIZE, ge=1)
+    lease_seconds: float = Field(default=DEFAULT_LEASE_SECONDS, gt=0)
+    max_attempts: int = Field(default=DEFAULT_MAX_ATTEMPTS, ge=1)
+    reannounce_seconds: float = Field(default=DEFAULT_REANNOUNCE_SECONDS, gt=0)
 
 
 @lru_cache(maxsize=1)

@@ -1,0 +1,52 @@
+"""The job store: jobs, requests and results in SQL, and every state change they go through.
+
+Store functions take a Session, run in the caller's transaction and never commit; open one
+transaction per unit of work with ``with sessions.begin() as session: ...``."""
+
+from __future__ import annotations
+
+from genq.store.claims import claim, complete, complete_many, release
+from genq.store.db import make_engine, session_factory, upgrade
+from genq.store.jobs import cancel_job, create_job, get_job, list_results
+from genq.store.reconcile import mark_announced, pending_announcements, reap
+from genq.store.records import (
+    Announcement,
+    Choice,
+    Claim,
+    JobInfo,
+    NewRequest,
+    Outcome,
+    ReapReport,
+    ResultRow,
+)
+from genq.store.status import JobStatus, RequestStatus, check_transition
+from genq.store.tables import DEFAULT_TENANT
+
+__all__ = [
+    "DEFAULT_TENANT",
+    "Announcement",
+    "Choice",
+    "Claim",
+    "JobInfo",
+    "JobStatus",
+    "NewRequest",
+    "Outcome",
+    "ReapReport",
+    "RequestStatus",
+    "ResultRow",
+    "cancel_job",
+    "check_transition",
+    "claim",
+    "complete",
+    "complete_many",
+    "create_job",
+    "get_job",
+    "list_results",
+    "make_engine",
+    "mark_announced",
+    "pending_announcements",
+    "reap",
+    "release",
+    "session_factory",
+    "upgrade",
+]

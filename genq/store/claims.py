@@ -1,0 +1,256 @@
+"""Claims, leases and fences: how workers take requests, hand back results, or let go.
+
+A claim is a conditional UPDATE (queued, or running with an expired lease -> running) that
+bumps the request's fence; every later write names that fence and is refused once another
+claim has taken the request over. Functions run in the caller's transaction; commit promptly,
+since on PostgreSQL the claimed rows stay locked until then."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, insert, or_, select, update
+from sqlalchemy.orm import Session
+
+from genq.settings import DEFAULT_MAX_ATTEMPTS
+from genq.store.records import Claim, Outcome
+from genq.store.status import JobStatus, RequestStatus, sources
+from genq.store.tables import Job, Request, Result, utcnow
+from genq.store.tally import PLAIN, Tally, apply_tallies, cancel_requests
+
+DEFAULT_CLAIM_LIMIT = 256
+
+_R = RequestStatus
+
+
+def claimable_kinds(*, now: datetime, max_attempts: int) -> tuple[ColumnElement[bool], ...]:
+    """Requests a worker may take, with attempts left (the reconciler fails the others):
+    queued ones, and running ones whose lease has run out. Kept apart so that each is one
+    range of the (status, model, created_at, idx) index; an OR of the two scans the table."""
+    queued, running = sources(_R.QUEUED, _R.RUNNING, to=_R.RUNNING)
+    fresh = Request.attempts < max_attempts
+    return (
+        and_(Request.status == running, Request.lease_expires_at < now, fresh),
+        and_(Request.status == queued, fresh),
+    )
+
+
+def claim(
+    session: Session,
+    *,
+    worker_id: str,
+    model: str,
+    lease_seconds: float,
+    request_ids: Sequence[str] | None = None,
+    limit: int = DEFAULT_CLAIM_LIMIT,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    now: datetime | None = None,
+) -> list[Claim]:
+    """Take up to ``limit`` requests of ``model``: those named in ``request_ids`` (a queue
+    message), or with ``None`` any claimable ones, expired leases first, then oldest first (the
+    embedded worker). Requests another worker holds or that have finished are left out, so a
+    duplicate message claims nothing. A job's first claim also moves it to running; two first
+    claims of one job wait for each other there (not on the requests)."""
+    now = now or utcnow()
+    kinds = claimable_kinds(now=now, max_attempts=max_attempts)
+    if request_ids is not None:
+        named = Request.id.in_(list(request_ids))
+        ids = _pick(session, and_(named, Request.model == model, or_(*kinds)), limit=limit)
+    else:
+        ids = []
+        for kind in kinds:
+            ids += _pick(session, and_(Request.model == model, kind), limit=limit - len(ids))
+    if not ids:
+        return []
+    rows = session.execute(
+        update(Request)
+        # Checked again: on SQLite the pick ran before the write lock, so another writer may
+        # have taken a row since; on PostgreSQL the rows are locked and this is a no-op.
+        .where(Request.id.in_(ids), Request.model == model, or_(*kinds))
+        .values(
+            status=_R.RUNNING,
+            lease_owner=worker_id,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            attempts=Request.attempts + 1,
+            fence=Request.fence + 1,
+            announced_at=None,  # the message that named it is spent
+            updated_at=now,
+        )
+        .returning(
+            Request.id,
+            Request.job_id,
+            Request.idx,
+            Request.custom_id,
+            Request.prompt,
+            Request.messages,
+            Request.params,
+            Request.group_key,
+            Request.fence,
+            Request.attempts,
+        ),
+        execution_options=PLAIN,
+    ).all()
+    job_ids = sorted({row.job_id for row in rows})
+    job_params: dict[str, dict[str, Any]] = {}
+    if job_ids:
+        found = session.execute(select(Job.id, Job.params).where(Job.id.in_(job_ids)))
+        job_params = {job_id: params for job_id, params in found}
+        session.execute(
+            update(Job)
+            .where(
+                Job.id.in_(job_ids),
+                Job.status.in_(sources(JobStatus.QUEUED, to=JobStatus.RUNNING)),
+            )
+            .values(status=JobStatus.RUNNING, started_at=now),
+            execution_options=PLAIN,
+        )
+    return [
+        Claim(
+            request_id=row.id,
+            job_id=row.job_id,
+            idx=row.idx,
+            custom_id=row.custom_id,
+            prompt=row.prompt,
+            messages=row.messages,
+            params=row.params if row.params is not None else job_params[row.job_id],
+            group_key=row.group_key,
+            fence=row.fence,
+            attempts=row.attempts,
+        )
+        for row in rows
+    ]
+
+
+def complete(
+    session: Session,
+    *,
+    request_id: str,
+    fence: int,
+    outcome: Outcome,
+    now: datetime | None = None,
+) -> bool:
+    """Store one request's outcome; False (and nothing written) for a stale claim."""
+    return complete_many(session, items=[(request_id, fence, outcome)], now=now)[0]
+
+
+def complete_many(
+    session: Session,
+    *,
+    items: Sequence[tuple[str, int, Outcome]],
+    now: datetime | None = None,
+) -> list[bool]:
+    """Store a batch of ``(request_id, fence, outcome)``: a success as a result row, an error
+    as the request's failure. An item whose request is no longer running under that fence is
+    refused (False at its position) and writes nothing. Job counters and status move here too.
+
+    Write a batch through this, not a loop of :func:`complete` in one transaction: it locks
+    requests, then jobs, each in id order, so two workers finishing requests of the same jobs
+    cannot deadlock."""
+    now = now or utcnow()
+    done = [False] * len(items)
+    results: list[dict[str, Any]] = []
+    tallies: dict[str, Tally] = {}
+    for pos in sorted(range(len(items)), key=lambda i: items[i][0]):
+        request_id, fence, outcome = items[pos]
+        ok = outcome.error is None
+        status = _R.SUCCEEDED if ok else _R.FAILED
+        row = session.execute(
+            update(Request)
+            .where(
+                Request.id == request_id,
+                Request.fence == fence,
+                Request.status.in_(sources(_R.RUNNING, to=status)),
+            )
+            .values(status=status, error=outcome.error, lease_expires_at=None, updated_at=now)
+            .returning(Request.job_id, Request.lease_owner),
+            execution_options=PLAIN,
+        ).one_or_none()
+        if row is None:
+            continue
+        done[pos] = True
+        tally = tallies.setdefault(row.job_id, Tally())
+        tally.prompt_tokens += outcome.prompt_tokens
+        if not ok:
+            tally.failed += 1
+            continue
+        tally.succeeded += 1
+        tally.completion_tokens += outcome.completion_tokens
+        results.append(
+            {
+                "request_id": request_id,
+                "choices": [asdict(c) for c in outcome.choices],
+                "prompt_tokens": outcome.prompt_tokens,
+                "completion_tokens": outcome.completion_tokens,
+                "worker_id": row.lease_owner,
+                "fence": fence,
+                "started_at": outcome.started_at,
+                "finished_at": outcome.finished_at or now,
+            }
+        )
+    if results:
+        session.execute(insert(Result), results)
+    apply_tallies(session, tallies, now=now)
+    return done
+
+
+def release(
+    session: Session,
+    *,
+    request_id: str,
+    fence: int,
+    error: str | None = None,
+    now: datetime | None = None,
+) -> bool:
+    """Put a claimed request back in the queue. Without ``error`` (a warm shutdown) the claim
+    gives its attempt back; with one (a retryable failure) the attempt counts and the error is
+    kept as the request's last, which the reconciler reports if it gives up. In a cancelling
+    job the request is cancelled instead. False for a stale claim."""
+    now = now or utcnow()
+    row = session.execute(
+        update(Request)
+        .where(
+            Request.id == request_id,
+            Request.fence == fence,
+            Request.status.in_(sources(_R.RUNNING, to=_R.QUEUED)),
+        )
+        .values(
+            status=_R.QUEUED,
+            attempts=Request.attempts - (1 if error is None else 0),
+            error=error if error is not None else Request.error,
+            lease_owner=None,
+            lease_expires_at=None,
+            announced_at=None,  # so the reconciler announces it again at its next pass
+            updated_at=now,
+        )
+        .returning(Request.job_id),
+        execution_options=PLAIN,
+    ).one_or_none()
+    if row is None:
+        return False
+    cancelling = select(Job.id).where(Job.status == JobStatus.CANCELLING)
+    _, tallies = cancel_requests(
+        session, where=and_(Request.id == request_id, Request.job_id.in_(cancelling)), now=now
+    )
+    apply_tallies(session, tallies, now=now)
+    return True
+
+
+def _pick(session: Session, where: ColumnElement[bool], *, limit: int) -> list[str]:
+    # SKIP LOCKED: rows another transaction is claiming right now are passed over, not waited
+    # for, so concurrent workers take disjoint sets; the lock holds until commit. SQLite has
+    # one writer and no row locks, and drops the clause. A separate SELECT rather than an
+    # UPDATE ... WHERE id IN (SELECT ... LIMIT ... FOR UPDATE SKIP LOCKED): PostgreSQL may
+    # re-run such a subquery per row and so take more than the limit.
+    if limit <= 0:
+        return []
+    query = (
+        select(Request.id)
+        .where(where)
+        .order_by(Request.created_at, Request.idx)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return list(session.scalars(query))

@@ -1,0 +1,189 @@
+"""Jobs as producers and clients see them: create, read, cancel, page through results.
+
+Like every store function these run in the caller's transaction and never commit."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.orm import Session
+
+from genq.errors import InvalidRequest, JobNotFound
+from genq.params import GenerationParams
+from genq.store.db import bulk_insert
+from genq.store.records import Choice, JobInfo, NewRequest, ResultRow
+from genq.store.status import JobStatus, RequestStatus, check_transition, sources
+from genq.store.tables import (
+    MAX_CUSTOM_ID_LENGTH,
+    Job,
+    Request,
+    Result,
+    new_id,
+    new_ids,
+    utcnow,
+)
+from genq.store.tally import PLAIN, Tally, apply_tallies, cancel_requests
+
+DEFAULT_PAGE = 1000
+_CANCELLED = (JobStatus.CANCELLING, JobStatus.CANCELLED)
+
+
+def create_job(
+    session: Session,
+    *,
+    tenant: str,
+    model: str,
+    params: GenerationParams,
+    requests: Sequence[NewRequest],
+    metadata: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> str:
+    """Write a job and all its requests (queued, unannounced) in the caller's transaction;
+    return the job id. The requests go in as one bulk write (see :func:`bulk_insert`): a
+    50,000-request job is accepted in seconds."""
+    if not requests:
+        raise InvalidRequest("requests", "a job needs at least one request")
+    now = now or utcnow()
+    job_id = new_id("job")
+    session.execute(
+        insert(Job),
+        [
+            {
+                "id": job_id,
+                "tenant": tenant,
+                "model": model,
+                "params": params.model_dump(mode="json"),
+                "metadata_": metadata,
+                "status": JobStatus.QUEUED,
+                "total": len(requests),
+                **dict.fromkeys(("succeeded", "failed", "cancelled"), 0),
+                **dict.fromkeys(("prompt_tokens", "completion_tokens"), 0),
+                "created_at": now,
+                "started_at": None,
+                "finished_at": None,
+            }
+        ],
+    )
+    # Most requests use the job's parameters: hash those once, store them once (on the job).
+    keys = {params: params.group_key()}
+    rows = []
+    ids = new_ids("req", len(requests))
+    for idx, new in enumerate(requests):
+        if new.custom_id is not None and len(new.custom_id) > MAX_CUSTOM_ID_LENGTH:
+            raise InvalidRequest(
+                f"requests[{idx}].custom_id", f"longer than {MAX_CUSTOM_ID_LENGTH} characters"
+            )
+        own = new.params if new.params is not None and new.params != params else None
+        if own is not None and own not in keys:
+            keys[own] = own.group_key()
+        # Columns left out (lease, announcement, error) start NULL.
+        rows.append(
+            {
+                "id": ids[idx],
+                "job_id": job_id,
+                "idx": idx,
+                "custom_id": new.custom_id,
+                "model": model,
+                "group_key": keys[params if own is None else own],
+                "prompt": new.prompt,
+                "messages": None if new.messages is None else list(new.messages),
+                "params": None if own is None else own.model_dump(mode="json"),
+                "status": RequestStatus.QUEUED,
+                "attempts": 0,
+                "fence": 0,
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
+    bulk_insert(session, Request, rows)
+    return job_id
+
+
+def get_job(session: Session, *, tenant: str, job_id: str) -> JobInfo:
+    """The job, if it belongs to ``tenant``; :class:`JobNotFound` otherwise."""
+    job = session.execute(
+        select(Job).where(Job.id == job_id, Job.tenant == tenant),
+        execution_options={"populate_existing": True},
+    ).scalar_one_or_none()
+    if job is None:
+        raise JobNotFound(f"no job {job_id}")
+    return JobInfo(
+        id=job.id,
+        tenant=job.tenant,
+        model=job.model,
+        status=job.status,
+        params=job.params,
+        metadata=job.metadata_,
+        total=job.total,
+        succeeded=job.succeeded,
+        failed=job.failed,
+        cancelled=job.cancelled,
+        prompt_tokens=job.prompt_tokens,
+        completion_tokens=job.completion_tokens,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+    )
+
+
+def cancel_job(
+    session: Session, *, tenant: str, job_id: str, now: datetime | None = None
+) -> JobInfo:
+    """Cancel the job's queued requests now; running ones may finish, and the job stays
+    ``cancelling`` until they have. Cancelling a cancelling or cancelled job changes nothing;
+    a completed one raises :class:`IllegalTransition`."""
+    now = now or utcnow()
+    job = get_job(session, tenant=tenant, job_id=job_id)
+    if job.status in _CANCELLED:
+        return job
+    check_transition(job.status, JobStatus.CANCELLING)
+    # Requests before the job row, the order claims and completions lock in, so a cancel
+    # racing the job's first claim cannot deadlock with it. The counts wait until the job is
+    # cancelling: that is what makes it settle as cancelled rather than completed.
+    _, tallies = cancel_requests(session, where=Request.job_id == job_id, now=now)
+    moved = session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.status.in_(sources(JobStatus.QUEUED, JobStatus.RUNNING, to=JobStatus.CANCELLING)),
+        )
+        .values(status=JobStatus.CANCELLING)
+        .returning(Job.id),
+        execution_options=PLAIN,
+    ).one_or_none()
+    apply_tallies(session, {job_id: tallies.get(job_id, Tally())}, now=now)
+    job = get_job(session, tenant=tenant, job_id=job_id)
+    if moved is None and job.status not in _CANCELLED:
+        check_transition(job.status, JobStatus.CANCELLING)  # it completed since we read it
+    return job
+
+
+def list_results(
+    session: Session, *, job_id: str, after_idx: int = -1, limit: int = DEFAULT_PAGE
+) -> list[ResultRow]:
+    """Finished requests of a job (succeeded, failed or cancelled) in input order, from
+    position ``after_idx + 1`` on. Callers check the tenant with :func:`get_job` first."""
+    terminal = [s for s in RequestStatus if s.is_terminal]
+    rows = session.execute(
+        select(Request.id, Request.idx, Request.custom_id, Request.status, Request.error, Result)
+        .outerjoin(Result, Result.request_id == Request.id)
+        .where(Request.job_id == job_id, Request.idx > after_idx, Request.status.in_(terminal))
+        .order_by(Request.idx)
+        .limit(limit)
+    ).all()
+    return [
+        ResultRow(
+            request_id=row.id,
+            idx=row.idx,
+            custom_id=row.custom_id,
+            status=row.status,
+            choices=tuple(Choice(**c) for c in row.Result.choices) if row.Result else (),
+            error=row.error,
+            prompt_tokens=row.Result.prompt_tokens if row.Result else 0,
+            completion_tokens=row.Result.completion_tokens if row.Result else 0,
+        )
+        for row in rows
+    ]

@@ -1,0 +1,159 @@
+"""What the reconciler needs: the database is the authority and a queue message only a hint,
+so anything claimable that no live message names is found here and announced again."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from sqlalchemy import Row, String, and_, cast, func, literal, or_, select, update
+from sqlalchemy.orm import Session
+
+from genq.settings import DEFAULT_MAX_ATTEMPTS, DEFAULT_REANNOUNCE_SECONDS
+from genq.store.claims import claimable_kinds
+from genq.store.records import Announcement, ReapReport
+from genq.store.status import JobStatus, RequestStatus, sources
+from genq.store.tables import Job, Request, utcnow
+from genq.store.tally import PLAIN, Tally, apply_tallies, cancel_requests
+
+DEFAULT_REAP_LIMIT = 10_000
+MARK_CHUNK = 5_000  # ids per statement: well under SQLite's and PostgreSQL's bind limits
+
+_R = RequestStatus
+
+
+def pending_announcements(
+    session: Session,
+    *,
+    now: datetime | None = None,
+    reannounce_seconds: float = DEFAULT_REANNOUNCE_SECONDS,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    job_id: str | None = None,
+    limit: int = DEFAULT_REAP_LIMIT,
+) -> list[Announcement]:
+    """Claimable requests that no recent message names: never announced, announced more than
+    ``reannounce_seconds`` ago, or running under an expired lease (a claim clears the mark).
+    Grouped by model and parameter set, oldest first. A producer passes its new ``job_id``."""
+    rows = _pending(
+        session,
+        now=now or utcnow(),
+        reannounce_seconds=reannounce_seconds,
+        max_attempts=max_attempts,
+        job_id=job_id,
+        limit=limit,
+    )
+    return _grouped(rows)
+
+
+def _pending(
+    session: Session,
+    *,
+    now: datetime,
+    reannounce_seconds: float,
+    max_attempts: int,
+    job_id: str | None,
+    limit: int,
+) -> Sequence[Row[str, str, str, RequestStatus]]:
+    stale = now - timedelta(seconds=reannounce_seconds)
+    unnamed = or_(Request.announced_at.is_(None), Request.announced_at < stale)
+    rows: list[Row[str, str, str, RequestStatus]] = []
+    for kind in claimable_kinds(now=now, max_attempts=max_attempts):
+        if len(rows) >= limit:
+            break
+        query = select(Request.id, Request.model, Request.group_key, Request.status).where(
+            kind, unnamed
+        )
+        if job_id is not None:
+            query = query.where(Request.job_id == job_id)
+        query = query.order_by(Request.created_at, Request.idx).limit(limit - len(rows))
+        rows += session.execute(query).all()
+    return rows
+
+
+def _grouped(rows: Sequence[Row[str, str, str, RequestStatus]]) -> list[Announcement]:
+    groups: dict[tuple[str, str], list[str]] = {}
+    for row in rows:
+        groups.setdefault((row.model, row.group_key), []).append(row.id)
+    return [Announcement(model, key, tuple(ids)) for (model, key), ids in groups.items()]
+
+
+def mark_announced(
+    session: Session, *, request_ids: Sequence[str], now: datetime | None = None
+) -> int:
+    """Record that a queue message now names these requests; returns how many were marked."""
+    now = now or utcnow()
+    marked = 0
+    for start in range(0, len(request_ids), MARK_CHUNK):
+        chunk = list(request_ids[start : start + MARK_CHUNK])
+        marked += len(
+            session.execute(
+                update(Request)
+                .where(Request.id.in_(chunk))
+                .values(announced_at=now)
+                .returning(Request.id),
+                execution_options=PLAIN,
+            ).all()
+        )
+    return marked
+
+
+def reap(
+    session: Session,
+    *,
+    now: datetime | None = None,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    reannounce_seconds: float = DEFAULT_REANNOUNCE_SECONDS,
+    limit: int = DEFAULT_REAP_LIMIT,
+) -> ReapReport:
+    """One reconciler pass. Cancels what cancelling jobs left unheld; fails requests out of
+    attempts ("gave up after N attempts: <last error or 'worker lost'>"), so a poison request
+    stops looping; and returns what must be announced again (publish, then
+    :func:`mark_announced`)."""
+    now = now or utcnow()
+    cancelling = select(Job.id).where(Job.status == JobStatus.CANCELLING)
+    cancelled, tallies = cancel_requests(session, where=Request.job_id.in_(cancelling), now=now)
+    apply_tallies(session, tallies, now=now)
+    failed = _give_up(session, now=now, max_attempts=max_attempts)
+    rows = _pending(
+        session,
+        now=now,
+        reannounce_seconds=reannounce_seconds,
+        max_attempts=max_attempts,
+        job_id=None,
+        limit=limit,
+    )
+    return ReapReport(
+        failed=tuple(failed),
+        cancelled=tuple(cancelled),
+        expired=tuple(row.id for row in rows if row.status is _R.RUNNING),
+        unannounced=tuple(row.id for row in rows if row.status is _R.QUEUED),
+        announcements=tuple(_grouped(rows)),
+    )
+
+
+def _give_up(session: Session, *, now: datetime, max_attempts: int) -> list[str]:
+    queued, running = sources(_R.QUEUED, _R.RUNNING, to=_R.FAILED)
+    reason = (
+        literal("gave up after ")
+        + cast(Request.attempts, String)
+        + literal(" attempts: ")
+        + func.coalesce(Request.error, literal("worker lost"))
+    )
+    rows = session.execute(
+        update(Request)
+        .where(
+            Request.attempts >= max_attempts,
+            or_(
+                Request.status == queued,
+                and_(Request.status == running, Request.lease_expires_at < now),
+            ),
+        )
+        .values(status=_R.FAILED, error=reason, lease_expires_at=None, updated_at=now)
+        .returning(Request.id, Request.job_id),
+        execution_options=PLAIN,
+    ).all()
+    tallies: dict[str, Tally] = {}
+    for row in rows:
+        tallies.setdefault(row.job_id, Tally()).failed += 1
+    apply_tallies(session, tallies, now=now)
+    return [row.id for row in rows]

@@ -1,0 +1,120 @@
+"""What goes into the store and what comes out of it: frozen data, no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from genq.errors import InvalidRequest
+from genq.params import GenerationParams
+from genq.store.status import JobStatus, RequestStatus
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class NewRequest:
+    """One prompt of a job being created: a text prompt or chat messages, never both."""
+
+    custom_id: str | None = None
+    prompt: str | None = None
+    messages: tuple[dict[str, Any], ...] | None = None
+    params: GenerationParams | None = None  # overrides the job's (an OpenAI batch line's body)
+
+    def __post_init__(self) -> None:
+        if (self.prompt is None) == (self.messages is None):
+            raise InvalidRequest("prompt", "give exactly one of prompt and messages")
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    id: str
+    tenant: str
+    model: str
+    status: JobStatus
+    params: dict[str, Any]
+    metadata: dict[str, Any] | None
+    total: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    prompt_tokens: int
+    completion_tokens: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A request a worker now holds; ``fence`` must come back with its outcome."""
+
+    request_id: str
+    job_id: str
+    idx: int
+    custom_id: str | None
+    prompt: str | None
+    messages: list[dict[str, Any]] | None
+    params: dict[str, Any]
+    group_key: str
+    fence: int
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Choice:
+    text: str
+    finish_reason: FinishReason
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one claimed request ended: ``choices`` on success, ``error`` on failure."""
+
+    choices: tuple[Choice, ...] = ()
+    error: str | None = None
+    prompt_tokens: int = 0
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if (self.error is None) == (not self.choices):
+            raise ValueError("an outcome has choices or an error, not both or neither")
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(c.completion_tokens for c in self.choices)
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """A finished request as a client reads it back, in input order."""
+
+    request_id: str
+    idx: int
+    custom_id: str | None
+    status: RequestStatus
+    choices: tuple[Choice, ...]
+    error: str | None
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class Announcement:
+    """Request ids for one queue message: same model (the queue) and parameter set."""
+
+    model: str
+    group_key: str
+    request_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ReapReport:
+    failed: tuple[str, ...]  # gave up: out of attempts
+    cancelled: tuple[str, ...]  # lease expired (or left queued) in a cancelling job
+    expired: tuple[str, ...]  # lease expired; claimable again
+    unannounced: tuple[str, ...]  # queued with no live queue message
+    announcements: tuple[Announcement, ...]  # expired + unannounced, ready to publish

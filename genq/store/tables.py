@@ -1,0 +1,170 @@
+"""The schema: jobs, their requests (one per prompt) and results (one per succeeded request).
+
+Migrations in ``migrations/`` create it; a test keeps the two in step. Rows are written with
+plain statements from the store functions, never through ORM objects, so these classes stay
+declarations."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from genq.store.status import JobStatus, RequestStatus
+
+DEFAULT_TENANT = "default"
+ID_LENGTH = 40
+MAX_CUSTOM_ID_LENGTH = 256
+MAX_NAME_LENGTH = 200  # model names, tenants, worker ids
+
+
+def new_id(prefix: str) -> str:
+    """``prefix_`` + 120 random bits in lowercase base32: unguessable, URL-safe, 24 chars."""
+    return new_ids(prefix, 1)[0]
+
+
+def new_ids(prefix: str, count: int) -> list[str]:
+    # 15 bytes are exactly 24 base32 digits, so one encode of all the bytes slices cleanly.
+    digits = base64.b32encode(secrets.token_bytes(15 * count)).decode().lower()
+    return [f"{prefix}_{digits[i : i + 24]}" for i in range(0, 24 * count, 24)]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on every backend. SQLite keeps no zone, so the value is stored as
+    naive UTC text (which sorts as time) and comes back with UTC attached; PostgreSQL keeps a
+    ``timestamptz``. Naive datetimes are refused: they are always a bug here."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: pass an aware UTC time")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _status(enum: type[StrEnum], name: str) -> Enum:
+    # A VARCHAR with a CHECK rather than a native PostgreSQL enum: the same on both backends,
+    # and a later state is one constraint change.
+    return Enum(
+        enum,
+        name=name,
+        native_enum=False,
+        create_constraint=True,
+        length=16,
+        values_callable=lambda members: [m.value for m in members],
+    )
+
+
+class Base(DeclarativeBase):
+    # Named constraints, so migrations can refer to them on both backends.
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (Index(None, "tenant", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(MAX_NAME_LENGTH), server_default=DEFAULT_TENANT)
+    model: Mapped[str] = mapped_column(String(MAX_NAME_LENGTH))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # "metadata" is taken on declarative classes; the column keeps the public name.
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON(none_as_null=True))
+    status: Mapped[JobStatus] = mapped_column(_status(JobStatus, "job_status"))
+    total: Mapped[int] = mapped_column(Integer)
+    succeeded: Mapped[int] = mapped_column(Integer)
+    failed: Mapped[int] = mapped_column(Integer)
+    cancelled: Mapped[int] = mapped_column(Integer)
+    prompt_tokens: Mapped[int] = mapped_column(Integer)
+    completion_tokens: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Request(Base):
+    __tablename__ = "requests"
+    __table_args__ = (
+        UniqueConstraint("job_id", "idx"),
+        # Claim-any scans (status, model) oldest first; the reconciler scans running leases
+        # and queued announcements through the same prefix.
+        Index(None, "status", "model", "created_at", "idx"),
+        CheckConstraint("(prompt IS NULL) <> (messages IS NULL)", name="prompt_xor_messages"),
+    )
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    idx: Mapped[int] = mapped_column(Integer)  # position in the job's input
+    custom_id: Mapped[str | None] = mapped_column(String(MAX_CUSTOM_ID_LENGTH))
+    model: Mapped[str] = mapped_column(String(MAX_NAME_LENGTH))
+    group_key: Mapped[str] = mapped_column(String(32))
+    prompt: Mapped[str | None] = mapped_column(Text)
+    messages: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON(none_as_null=True))
+    # Only a request's own parameters (an OpenAI batch line's body); NULL means the job's, which
+    # keeps one copy per job instead of one per row.
+    params: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    status: Mapped[RequestStatus] = mapped_column(_status(RequestStatus, "request_status"))
+    attempts: Mapped[int] = mapped_column(Integer)  # claims that counted; a release gives one back
+    fence: Mapped[int] = mapped_column(Integer)  # bumped by every claim; a stale write is refused
+    lease_owner: Mapped[str | None] = mapped_column(String(MAX_NAME_LENGTH))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    announced_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # cleared by a claim
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Result(Base):
+    __tablename__ = "results"
+
+    # The primary key is the request: a second result for one request cannot be stored.
+    request_id: Mapped[str] = mapped_column(
+        ForeignKey("requests.id", ondelete="CASCADE"), primary_key=True
+    )
+    choices: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    prompt_tokens: Mapped[int] = mapped_column(Integer)
+    completion_tokens: Mapped[int] = mapped_column(Integer)
+    worker_id: Mapped[str | None] = mapped_column(String(MAX_NAME_LENGTH))
+    fence: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -1,0 +1,73 @@
+"""Concurrent claimers, on PostgreSQL only: SQLite has a single writer, so there is no race."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from sqlalchemy import text
+
+from genq.store import claim
+from genq.store.db import make_engine, session_factory, upgrade
+from tests.conftest import Database
+from tests.genq.store.support import LEASE, MODEL, add_job, request_ids
+
+
+@pytest.fixture
+def pg(postgres_url: Callable[[], str]) -> Iterator[Database]:
+    url = postgres_url()
+    upgrade(url)
+    engine = make_engine(url, pool_size=4)
+    yield Database(url=url, engine=engine, sessions=session_factory(engine))
+    engine.dispose()
+
+
+def test_two_workers_claiming_any_never_share_a_request(pg: Database) -> None:
+    with pg.sessions.begin() as session:
+        jobs = [add_job(session, n=150) for _ in range(2)]
+        every = {i for job in jobs for i in request_ids(session, job)}
+    start = threading.Barrier(2)
+
+    def work(worker_id: str) -> list[str]:
+        taken: list[str] = []
+        start.wait()
+        while True:
+            with pg.sessions.begin() as session:
+                claims = claim(
+                    session, worker_id=worker_id, model=MODEL, lease_seconds=LEASE, limit=7
+                )
+            if not claims:
+                return taken
+            taken += [c.request_id for c in claims]
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        first, second = pool.map(work, ["w1", "w2"])
+    assert not set(first) & set(second)
+    assert len(first) + len(second) == len(every)
+    assert set(first) | set(second) == every
+
+
+def test_a_claim_in_flight_is_skipped_not_waited_for(pg: Database) -> None:
+    with pg.sessions.begin() as session:
+        ids = request_ids(session, add_job(session, n=7))
+    with pg.sessions.begin() as session:
+        # The job's first claim moves it to running, and a second first claim would wait on
+        # that row: start the job here, so the rest is about the request rows alone.
+        (first,) = claim(session, worker_id="w0", model=MODEL, lease_seconds=LEASE, limit=1)
+    with pg.sessions.begin() as holder:
+        held = claim(holder, worker_id="w1", model=MODEL, lease_seconds=LEASE, limit=3)
+        # Not committed: w1's rows are locked. A blocked claim would hit the lock timeout.
+        with pg.sessions.begin() as other:
+            other.execute(text("SET LOCAL lock_timeout = '2s'"))
+            named = claim(
+                other,
+                worker_id="w2",
+                model=MODEL,
+                lease_seconds=LEASE,
+                request_ids=[c.request_id for c in held],
+            )
+            rest = claim(other, worker_id="w2", model=MODEL, lease_seconds=LEASE, limit=10)
+    assert named == []
+    assert sorted(c.request_id for c in [first, *held, *rest]) == sorted(ids)
