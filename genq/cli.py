@@ -3,6 +3,7 @@ heavy imports (torch, transformers) happen inside the commands that need them.""
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -14,6 +15,12 @@ from genq.settings import get_settings
 app = typer.Typer(help="genq: bulk offline text generation.", no_args_is_help=True)
 models_app = typer.Typer(help="Provision and list models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+db_app = typer.Typer(help="The job database.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _fail(exc: GenqError) -> typer.Exit:
@@ -32,19 +39,24 @@ def run(
 ) -> None:
     """Generate for every line of INPUT_PATH; resumes when OUTPUT holds an earlier partial run."""
     from worker.bulk import run_file
-    from worker.engine import Engine
-    from worker.models import load_model
+    from worker.service import model_engine
 
     settings = get_settings()
-    name = model or settings.default_model
-    try:
-        loaded = load_model(name, settings)
-        engine = Engine(
-            loaded,
-            max_batch_tokens=max_batch_tokens or settings.max_batch_tokens,
-            max_batch_size=max_batch_size or settings.max_batch_size,
+    if max_batch_size or max_batch_tokens:
+        settings = settings.model_copy(
+            update={
+                "max_batch_size": max_batch_size or settings.max_batch_size,
+                "max_batch_tokens": max_batch_tokens or settings.max_batch_tokens,
+            }
         )
-        summary = run_file(input_path, output, engine=engine, model=name, progress=progress)
+    name = model or settings.default_model
+    # SIGTERM as Ctrl+C: the batch in hand is written, the rest released for the next run.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        engine = model_engine(settings, name)()
+        summary = run_file(
+            input_path, output, engine=engine, model=name, settings=settings, progress=progress
+        )
     except GenqError as exc:
         raise _fail(exc) from None
     typer.echo(summary.text(), err=True)
@@ -71,3 +83,59 @@ def models_list() -> None:
     for info in list_models(get_settings()):
         state = "ready" if info.ready else "not pulled"
         typer.echo(f"{info.name:<16} {info.kind:<10} {state:<11} {info.path or ''}")
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate the schema at GENQ_DATABASE_URL to the newest revision."""
+    from genq.store import upgrade
+
+    settings = get_settings()
+    upgrade(settings.database_url)
+    typer.echo("database schema is up to date")
+
+
+@app.command()
+def worker(
+    model: Annotated[Optional[str], typer.Option(help="the model this worker serves")] = None,  # noqa: UP045
+) -> None:
+    """Serve one model's queue: a Celery worker on GENQ_REDIS_URL.
+
+    One message at a time; run one per device. SIGTERM finishes the batch in hand and releases
+    the rest of its window."""
+    from worker.tasks import run_worker
+
+    settings = get_settings()
+    try:
+        run_worker(settings, model=model or settings.default_model)
+    except GenqError as exc:
+        raise _fail(exc) from None
+
+
+@app.command()
+def reconcile(
+    once: Annotated[bool, typer.Option(help="one pass, then exit")] = False,
+) -> None:
+    """Announce lost work again and fail requests out of attempts.
+
+    Every GENQ_RECONCILE_SECONDS, or once; each worker also runs this in a thread."""
+    import time
+
+    from genq.producer import CeleryPublisher
+    from genq.reconciler import reconcile_once
+    from genq.store import make_engine, session_factory
+    from worker.celery_app import make_celery
+
+    settings = get_settings()
+    publisher = CeleryPublisher(make_celery(settings))
+    sessions = session_factory(make_engine(settings.database_url))
+    while True:
+        report = reconcile_once(sessions, publisher, settings)
+        typer.echo(
+            f"failed {len(report.failed)}, cancelled {len(report.cancelled)}, "
+            f"announced {sum(len(a.request_ids) for a in report.announcements)} "
+            f"({len(report.expired)} expired, {len(report.unannounced)} unannounced)"
+        )
+        if once:
+            return
+        time.sleep(settings.reconcile_seconds)

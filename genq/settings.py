@@ -27,6 +27,23 @@ DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_REANNOUNCE_SECONDS = 300.0
 """A queued request whose last queue message is older than this is announced again."""
 
+DEFAULT_RECONCILE_SECONDS = 30.0
+"""How often a worker's reconciler looks for lost work (unannounced, expired, out of attempts)."""
+
+DEFAULT_CLAIM_WINDOW = 256
+"""Most requests a worker claims at once: the planning window its batches are cut from."""
+
+DEFAULT_MESSAGE_SIZE = 64
+"""Most request ids one queue message names."""
+
+DEFAULT_BUFFER_SECONDS = 0.2
+"""How long an idle worker holds a message before claiming, so that requests of its parameter
+set submitted with it (other messages, other jobs) join the same planning window."""
+
+DEFAULT_VISIBILITY_TIMEOUT = 3600.0
+"""Seconds before Redis hands an unacknowledged message to another worker; longer than a
+planning window takes to run."""
+
 
 def _default_database_url() -> str:
     return f"sqlite:///{Path(user_data_dir('genq')) / 'genq.db'}"
@@ -45,6 +62,11 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(default=DEFAULT_LEASE_SECONDS, gt=0)
     max_attempts: int = Field(default=DEFAULT_MAX_ATTEMPTS, ge=1)
     reannounce_seconds: float = Field(default=DEFAULT_REANNOUNCE_SECONDS, gt=0)
+    reconcile_seconds: float = Field(default=DEFAULT_RECONCILE_SECONDS, gt=0)
+    claim_window: int = Field(default=DEFAULT_CLAIM_WINDOW, ge=1)
+    message_size: int = Field(default=DEFAULT_MESSAGE_SIZE, ge=1)
+    buffer_seconds: float = Field(default=DEFAULT_BUFFER_SECONDS, ge=0)
+    visibility_timeout: float = Field(default=DEFAULT_VISIBILITY_TIMEOUT, gt=0)
 
 
 @lru_cache(maxsize=1)

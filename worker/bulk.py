@@ -1,26 +1,56 @@
-"""``genq run``: a JSONL file of prompts through the engine, with no services.
-
-Finished lines are appended to a journal beside the output as their batch completes, so an
-interrupted run resumes where it stopped; the output is written in input order at the end.
-"""
+"""``genq run``: a JSONL file of prompts through the job store and the embedded worker, with no
+services. The file becomes one job in the embedded database, tagged with the output path, the
+input's hash and the model; a run that stopped (interrupted, killed) resumes from the store,
+and the output is written in input order once every line has ended."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
+import socket
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.orm import Session, sessionmaker
 from tqdm import tqdm
 
 from genq.batchlines import Line, parse_line, render
 from genq.errors import Conflict
-from worker.engine import Engine
-from worker.types import BatchReport, GenRequest
+from genq.settings import Settings, get_settings
+from genq.store import (
+    DEFAULT_TENANT,
+    JobInfo,
+    NewRequest,
+    RequestStatus,
+    ResultRow,
+    cancel_job,
+    create_job,
+    find_job,
+    list_results,
+    release_orphans,
+    session_factory,
+    upgrade,
+)
+from genq.store.db import make_engine as make_db_engine
+from worker.embedded import drain
+from worker.service import Generator, Runtime
+from worker.types import BatchReport
+
+RUN_TAG = "genq_run_output"
+"""Job metadata key holding the output path a ``genq run`` job writes."""
+
+BULK_WINDOW = 4096
+"""Requests claimed at once by ``genq run``: a wide window lets the engine sort more prompts by
+length and pad less; it is still bounded, so progress is written as it goes."""
+
+LOST = "worker lost: an earlier genq run stopped while running it"
 
 
 @dataclass
@@ -56,130 +86,181 @@ class RunSummary:
             f"completion tokens/s | padding efficiency {self.padding_efficiency:.1%}"
         )
 
-
-def journal_path(out_path: Path) -> Path:
-    return out_path.with_name(out_path.name + ".partial")
+    def add_batch(self, report: BatchReport) -> None:
+        self.batches.append(report)
+        self.real_prompt_tokens += round(
+            report.prompt_efficiency * report.rows * report.padded_length
+        )
+        self.padded_prompt_tokens += report.rows * report.padded_length
 
 
 def run_file(
     in_path: Path,
     out_path: Path,
     *,
-    engine: Engine,
+    engine: Generator,
     model: str,
+    settings: Settings | None = None,
     progress: bool = True,
     on_batch: Callable[[BatchReport], None] | None = None,
 ) -> RunSummary:
-    lines = [parse_line(text, i) for i, text in enumerate(_input_lines(in_path))]
-    by_index = {line.index: line for line in lines}
-    journal = journal_path(out_path)
-    done = _load_done(out_path, journal, lines)
-    summary = RunSummary(lines=len(lines), resumed=len(done))
-    todo = [line for line in lines if line.index not in done]
-    started = time.perf_counter()
-    bar = tqdm(total=len(todo), unit="req", disable=not progress, file=sys.stderr)
-    with journal.open("a", encoding="utf-8") as sink:
-        _journal(
-            sink,
-            done,
-            summary,
-            [
-                (line, render(line, model=model, error=str(line.error)))
-                for line in todo
-                if line.error is not None
-            ],
+    """Generate for every line of ``in_path`` into ``out_path``; resumes the job an earlier run
+    of the same input, output and model left unfinished. The database is
+    ``settings.database_url`` (upgraded first)."""
+    settings = settings or get_settings()
+    raw = in_path.read_bytes()
+    lines = [parse_line(text, i) for i, text in enumerate(_input_lines(raw))]
+    valid = [line for line in lines if line.error is None]
+    upgrade(settings.database_url)
+    db = make_db_engine(settings.database_url)
+    try:
+        sessions = session_factory(db)
+        tag = {
+            RUN_TAG: str(out_path.resolve()),
+            "input_sha256": hashlib.sha256(raw).hexdigest(),
+            "model": model,
+        }
+        job_id = _job_for(sessions, out_path, tag, valid)
+        before = _finished(sessions, job_id)
+        summary = RunSummary(lines=len(lines), resumed=len(before))
+        started = time.perf_counter()
+        bar = tqdm(
+            total=len(valid) - len(before), unit="req", disable=not progress, file=sys.stderr
         )
-        requests = [
-            GenRequest(str(line.index), line.params, line.prompt, line.messages)
-            for line in todo
-            if line.error is None and line.params is not None
-        ]
-        for report in engine.run(requests):
-            rendered = []
-            for result in report.results:
-                line = by_index[int(result.key)]
-                choices = [c.__dict__ for c in result.choices]
-                rendered.append(
-                    (
-                        line,
-                        render(
-                            line,
-                            model=model,
-                            choices=choices,
-                            prompt_tokens=result.prompt_tokens,
-                            error=result.error,
-                        ),
-                    )
-                )
-            _journal(sink, done, summary, rendered)
-            summary.batches.append(report)
-            summary.real_prompt_tokens += round(
-                report.prompt_efficiency * report.rows * report.padded_length
-            )
-            summary.padded_prompt_tokens += report.rows * report.padded_length
-            summary.elapsed = time.perf_counter() - started
+
+        def batch_done(report: BatchReport) -> None:
+            summary.add_batch(report)
             bar.update(len(report.results))
             bar.set_postfix_str(f"{summary.tokens_per_second:.1f} tok/s")
-            if on_batch:
+            summary.completion_tokens += sum(r.completion_tokens for r in report.results)
+            summary.elapsed = time.perf_counter() - started
+            if on_batch is not None:
                 on_batch(report)
-    bar.close()
-    summary.elapsed = time.perf_counter() - started
-    _write_output(out_path, [done[line.index] for line in lines])
-    journal.unlink()
+
+        rt = Runtime(
+            settings=settings,
+            sessions=sessions,
+            model=model,
+            worker_id=f"genq-run@{socket.gethostname()}:{os.getpid()}",
+            make_engine=lambda: engine,
+            window=BULK_WINDOW,
+            on_batch=batch_done,
+        )
+        try:
+            drain(rt, job_id=job_id)
+        finally:
+            bar.close()
+        rows = _finished(sessions, job_id)
+        summary.elapsed = time.perf_counter() - started
+        fresh = set(rows) - set(before)
+        outputs = _render(lines, valid, rows, model=model, fresh=fresh, summary=summary)
+        _write_output(out_path, outputs)
+    finally:
+        db.dispose()
     return summary
 
 
-def _input_lines(path: Path) -> Iterator[str]:
-    with path.open(encoding="utf-8") as source:
-        for text in source:
-            if text.strip():
-                yield text
+def _input_lines(raw: bytes) -> Iterator[str]:
+    # Lines as a text-mode file reads them (\n, \r\n, \r), not str.splitlines(), which would
+    # also split at a U+2028 inside a JSON string.
+    for text in io.StringIO(raw.decode("utf-8"), newline=None):
+        if text.strip():
+            yield text
 
 
-def _journal(
-    sink: Any,
-    done: dict[int, dict[str, Any]],
-    summary: RunSummary,
-    rendered: list[tuple[Line, dict[str, Any]]],
-) -> None:
-    for line, out in rendered:
-        done[line.index] = out
-        sink.write(json.dumps({"index": line.index, "line": out}) + "\n")
-        failed = (
-            out.get("error") is not None
-            or (out.get("response") or {}).get("status_code", 200) != 200
-        )
-        summary.failed += failed
-        summary.ok += not failed
-        usage = out.get("usage") or ((out.get("response") or {}).get("body") or {}).get("usage")
-        if usage:
-            summary.prompt_tokens += usage["prompt_tokens"]
-            summary.completion_tokens += usage["completion_tokens"]
-    sink.flush()
-    os.fsync(sink.fileno())
-
-
-def _load_done(out_path: Path, journal: Path, lines: list[Line]) -> dict[int, dict[str, Any]]:
-    """Lines finished by an earlier run with this output: a complete output file, or the
-    journal of an interrupted one. Refuses an output that belongs to another input."""
-    done: dict[int, dict[str, Any]] = {}
-    if out_path.exists() and not journal.exists():
-        for index, text in enumerate(_input_lines(out_path)):
-            done[index] = json.loads(text)
-    elif journal.exists():
-        for text in _input_lines(journal):
-            try:
-                entry = json.loads(text)
-            except json.JSONDecodeError:  # the last line of a run killed mid-write
-                continue
-            done[int(entry["index"])] = entry["line"]
-    for index, out in done.items():
-        if index >= len(lines) or out.get("custom_id") != lines[index].custom_id:
+def _job_for(
+    sessions: sessionmaker[Session], out_path: Path, tag: dict[str, str], valid: Sequence[Line]
+) -> str:
+    """The job an earlier run of this input, output and model left (its dead claims released),
+    or a new one. An output written from another input or model is refused, not overwritten."""
+    with sessions.begin() as session:
+        job = find_job(session, tenant=DEFAULT_TENANT, key=RUN_TAG, value=tag[RUN_TAG])
+        if job is not None and _same_run(job, tag):
+            release_orphans(session, job_id=job.id, error=LOST)
+            return job.id
+        if out_path.exists():
             raise Conflict(
-                f"{out_path} holds results of a different input (line {index + 1}); "
-                "choose another output path or delete it"
+                f"{out_path} holds results of a different input or model, or of a run this "
+                "database does not know; choose another output path or delete it"
             )
-    return done
+        if job is not None and not job.status.is_terminal:
+            cancel_job(session, tenant=DEFAULT_TENANT, job_id=job.id)  # its input changed
+        if not valid:
+            return ""
+        common = Counter(line.params for line in valid).most_common(1)[0][0]
+        assert common is not None
+        return create_job(
+            session,
+            tenant=DEFAULT_TENANT,
+            model=tag["model"],
+            params=common,
+            requests=[
+                NewRequest(
+                    custom_id=line.custom_id,
+                    prompt=line.prompt,
+                    messages=line.messages,
+                    params=line.params,
+                )
+                for line in valid
+            ],
+            metadata=tag,
+        )
+
+
+def _same_run(job: JobInfo, tag: dict[str, str]) -> bool:
+    return job.metadata is not None and all(job.metadata.get(k) == v for k, v in tag.items())
+
+
+def _finished(sessions: sessionmaker[Session], job_id: str) -> dict[int, ResultRow]:
+    """The job's ended requests by position among the valid lines."""
+    rows: dict[int, ResultRow] = {}
+    if not job_id:
+        return rows
+    with sessions.begin() as session:
+        while page := list_results(session, job_id=job_id, after_idx=max(rows, default=-1)):
+            rows.update((row.idx, row) for row in page)
+    return rows
+
+
+def _render(
+    lines: Sequence[Line],
+    valid: Sequence[Line],
+    rows: dict[int, ResultRow],
+    *,
+    model: str,
+    fresh: set[int],
+    summary: RunSummary,
+) -> list[dict[str, Any]]:
+    """Output lines in input order: a bad line's error, else its stored outcome. Counts the
+    lines this run finished into ``summary``."""
+    position = {line.index: idx for idx, line in enumerate(valid)}
+    missing = len(valid) - len(rows)
+    if missing:
+        raise Conflict(f"{missing} lines are still held by another process; run again later")
+    summary.ok = summary.failed = summary.prompt_tokens = summary.completion_tokens = 0
+    outputs = []
+    for line in lines:
+        if line.error is not None:
+            summary.failed += 1
+            outputs.append(render(line, model=model, error=str(line.error)))
+            continue
+        idx = position[line.index]
+        row = rows[idx]
+        ok = row.status is RequestStatus.SUCCEEDED
+        if idx in fresh:
+            summary.ok += ok
+            summary.failed += not ok
+            if ok:
+                summary.prompt_tokens += row.prompt_tokens
+                summary.completion_tokens += row.completion_tokens
+        if ok:
+            choices = [c.__dict__ for c in row.choices]
+            outputs.append(
+                render(line, model=model, choices=choices, prompt_tokens=row.prompt_tokens)
+            )
+        else:
+            outputs.append(render(line, model=model, error=row.error or f"request {row.status}"))
+    return outputs
 
 
 def _write_output(out_path: Path, outputs: list[dict[str, Any]]) -> None:

@@ -5,12 +5,15 @@ transaction per unit of work with ``with sessions.begin() as session: ...``."""
 
 from __future__ import annotations
 
+from genq.store.batches import list_batches, record_batch
 from genq.store.claims import claim, complete, complete_many, release
 from genq.store.db import make_engine, session_factory, upgrade
-from genq.store.jobs import cancel_job, create_job, get_job, list_results
+from genq.store.jobs import cancel_job, create_job, find_job, get_job, list_results
+from genq.store.leases import release_orphans, renew
 from genq.store.reconcile import mark_announced, pending_announcements, reap
 from genq.store.records import (
     Announcement,
+    BatchRecord,
     Choice,
     Claim,
     JobInfo,
@@ -25,6 +28,7 @@ from genq.store.tables import DEFAULT_TENANT
 __all__ = [
     "DEFAULT_TENANT",
     "Announcement",
+    "BatchRecord",
     "Choice",
     "Claim",
     "JobInfo",
@@ -40,13 +44,18 @@ __all__ = [
     "complete",
     "complete_many",
     "create_job",
+    "find_job",
     "get_job",
+    "list_batches",
     "list_results",
     "make_engine",
     "mark_announced",
     "pending_announcements",
     "reap",
+    "record_batch",
     "release",
+    "release_orphans",
+    "renew",
     "session_factory",
     "upgrade",
 ]

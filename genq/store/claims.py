@@ -45,24 +45,33 @@ def claim(
     model: str,
     lease_seconds: float,
     request_ids: Sequence[str] | None = None,
+    group_key: str | None = None,
+    job_id: str | None = None,
     limit: int = DEFAULT_CLAIM_LIMIT,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     now: datetime | None = None,
 ) -> list[Claim]:
     """Take up to ``limit`` requests of ``model``: those named in ``request_ids`` (a queue
     message), or with ``None`` any claimable ones, expired leases first, then oldest first (the
-    embedded worker). Requests another worker holds or that have finished are left out, so a
-    duplicate message claims nothing. A job's first claim also moves it to running; two first
-    claims of one job wait for each other there (not on the requests)."""
+    embedded worker). ``group_key`` and ``job_id`` narrow either to one parameter set (a worker
+    filling its planning window with company for a message's requests) or one job. Requests
+    another worker holds or that have finished are left out, so a duplicate message claims
+    nothing. A job's first claim also moves it to running; two first claims of one job wait for
+    each other there (not on the requests)."""
     now = now or utcnow()
     kinds = claimable_kinds(now=now, max_attempts=max_attempts)
+    scope = [Request.model == model]
+    if group_key is not None:
+        scope.append(Request.group_key == group_key)
+    if job_id is not None:
+        scope.append(Request.job_id == job_id)
     if request_ids is not None:
         named = Request.id.in_(list(request_ids))
-        ids = _pick(session, and_(named, Request.model == model, or_(*kinds)), limit=limit)
+        ids = _pick(session, and_(named, *scope, or_(*kinds)), limit=limit)
     else:
         ids = []
         for kind in kinds:
-            ids += _pick(session, and_(Request.model == model, kind), limit=limit - len(ids))
+            ids += _pick(session, and_(*scope, kind), limit=limit - len(ids))
     if not ids:
         return []
     rows = session.execute(

@@ -129,6 +129,18 @@ def get_job(session: Session, *, tenant: str, job_id: str) -> JobInfo:
     )
 
 
+def find_job(session: Session, *, tenant: str, key: str, value: str) -> JobInfo | None:
+    """The newest job of ``tenant`` whose metadata holds ``key: value`` (a string), if any: how
+    a client that tags its jobs (``genq run`` with its output path) finds one again."""
+    job_id = session.scalar(
+        select(Job.id)
+        .where(Job.tenant == tenant, Job.metadata_[key].as_string() == value)
+        .order_by(Job.created_at.desc())
+        .limit(1)
+    )
+    return None if job_id is None else get_job(session, tenant=tenant, job_id=job_id)
+
+
 def cancel_job(
     session: Session, *, tenant: str, job_id: str, now: datetime | None = None
 ) -> JobInfo:

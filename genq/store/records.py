@@ -118,3 +118,21 @@ class ReapReport:
     expired: tuple[str, ...]  # lease expired; claimable again
     unannounced: tuple[str, ...]  # queued with no live queue message
     announcements: tuple[Announcement, ...]  # expired + unannounced, ready to publish
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """One generate call as a worker ran it; ``refused`` counts outcomes the store turned
+    down because another claim had taken the request over."""
+
+    worker_id: str
+    model: str
+    group_key: str
+    rows: int
+    padded_length: int
+    prompt_efficiency: float
+    seconds: float
+    request_ids: tuple[str, ...]
+    refused: int = 0
+    id: int | None = None  # set once stored
+    created_at: datetime | None = None

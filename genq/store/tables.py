@@ -18,6 +18,7 @@ from sqlalchemy import (
     DateTime,
     Dialect,
     Enum,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -168,3 +169,23 @@ class Result(Base):
     fence: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Batch(Base):
+    """One generate call as a worker ran it, written with its outcomes: how requests were
+    batched (across jobs too), for metrics and for tests that prove it."""
+
+    __tablename__ = "batches"
+    __table_args__ = (Index(None, "created_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    worker_id: Mapped[str] = mapped_column(String(MAX_NAME_LENGTH))
+    model: Mapped[str] = mapped_column(String(MAX_NAME_LENGTH))
+    group_key: Mapped[str] = mapped_column(String(32))
+    rows: Mapped[int] = mapped_column(Integer)  # prompts x return sequences
+    padded_length: Mapped[int] = mapped_column(Integer)  # prompt tokens per row, with padding
+    prompt_efficiency: Mapped[float] = mapped_column(Float)  # real / padded prompt tokens
+    seconds: Mapped[float] = mapped_column(Float)
+    request_ids: Mapped[list[str]] = mapped_column(JSON)
+    refused: Mapped[int] = mapped_column(Integer)  # outcomes refused: stale claims
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)

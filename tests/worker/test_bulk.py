@@ -8,9 +8,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Row, select
 
 from genq.errors import Conflict
-from worker.bulk import journal_path, run_file
+from genq.settings import Settings
+from genq.store import RequestStatus, find_job, make_engine, session_factory
+from genq.store.tables import Request
+from worker.bulk import RUN_TAG, run_file
 from worker.engine import Engine
 from worker.models import LoadedModel
 from worker.types import BatchReport
@@ -18,6 +22,12 @@ from worker.types import BatchReport
 from .conftest import varied_prompts
 
 EngineFactory = Callable[..., Engine]
+
+
+@pytest.fixture
+def settings(tmp_path: Path, tiny_cache: Path) -> Settings:
+    """The embedded database in the test's temp dir, never the user's."""
+    return Settings(database_url=f"sqlite:///{tmp_path / 'genq.db'}", model_cache=tiny_cache)
 
 
 def write_lines(path: Path, lines: list[object]) -> Path:
@@ -37,7 +47,7 @@ def native_lines(count: int) -> list[object]:
 
 
 def test_native_lines_in_input_order_with_errors(
-    tmp_path: Path, tiny: LoadedModel, make_engine: EngineFactory
+    tmp_path: Path, tiny: LoadedModel, make_engine: EngineFactory, settings: Settings
 ) -> None:
     lines = native_lines(5) + [
         "{not json",
@@ -47,7 +57,9 @@ def test_native_lines_in_input_order_with_errors(
     ]
     src = write_lines(tmp_path / "in.jsonl", lines)
     out = tmp_path / "out.jsonl"
-    summary = run_file(src, out, engine=make_engine(tiny), model="tiny-gpt2", progress=False)
+    summary = run_file(
+        src, out, engine=make_engine(tiny), model="tiny-gpt2", settings=settings, progress=False
+    )
     got = read_lines(out)
     assert [o["custom_id"] for o in got] == [
         "c0",
@@ -73,10 +85,16 @@ def test_native_lines_in_input_order_with_errors(
     assert summary.completion_tokens == sum(
         o["usage"]["completion_tokens"] for o in got[:5] + got[8:]
     )
-    assert not journal_path(out).exists()
+    # Nothing left beside the output but the database.
+    assert {p.name for p in tmp_path.iterdir() if not p.name.startswith("genq.db")} == {
+        "in.jsonl",
+        "out.jsonl",
+    }
 
 
-def test_openai_lines(tmp_path: Path, tiny: LoadedModel, make_engine: EngineFactory) -> None:
+def test_openai_lines(
+    tmp_path: Path, tiny: LoadedModel, make_engine: EngineFactory, settings: Settings
+) -> None:
     lines = [
         {
             "custom_id": "a",
@@ -110,6 +128,7 @@ def test_openai_lines(tmp_path: Path, tiny: LoadedModel, make_engine: EngineFact
         out,
         engine=make_engine(tiny),
         model="tiny-gpt2",
+        settings=settings,
         progress=False,
     )
     a, b, c, d, e = read_lines(out)
@@ -131,8 +150,23 @@ class Interrupt(Exception):
     pass
 
 
+def request_rows(settings: Settings, out: Path) -> list[Row[tuple[str, str, int]]]:
+    """(id, status, attempts) of the stored requests of the run writing ``out``."""
+    engine = make_engine(settings.database_url)
+    try:
+        with session_factory(engine).begin() as session:
+            job = find_job(session, tenant="default", key=RUN_TAG, value=str(out.resolve()))
+            assert job is not None
+            query = select(Request.id, Request.status, Request.attempts).where(
+                Request.job_id == job.id
+            )
+            return list(session.execute(query.order_by(Request.idx)).all())
+    finally:
+        engine.dispose()
+
+
 def test_interrupted_run_resumes_without_redoing_lines(
-    tmp_path: Path, tiny: LoadedModel, make_engine: EngineFactory
+    tmp_path: Path, tiny: LoadedModel, make_engine: EngineFactory, settings: Settings
 ) -> None:
     src = write_lines(tmp_path / "in.jsonl", native_lines(12))
     out = tmp_path / "out.jsonl"
@@ -143,40 +177,105 @@ def test_interrupted_run_resumes_without_redoing_lines(
         raise Interrupt
 
     engine = make_engine(tiny, max_batch_size=4)
+    run = dict(engine=engine, model="tiny-gpt2", settings=settings, progress=False)
     with pytest.raises(Interrupt):
-        run_file(
-            src, out, engine=engine, model="tiny-gpt2", progress=False, on_batch=stop_after_one
-        )
-    assert not out.exists() and journal_path(out).exists()
+        run_file(src, out, on_batch=stop_after_one, **run)
+    assert not out.exists()
     done_first = set(first[0].keys)
+    rows = request_rows(settings, out)
+    # The interrupted run wrote its batch and gave the rest back, attempts returned.
+    assert {r.id for r in rows if r.status == RequestStatus.SUCCEEDED} == done_first
+    assert {(r.status, r.attempts) for r in rows if r.id not in done_first} == {
+        (RequestStatus.QUEUED, 0)
+    }
     second: list[BatchReport] = []
-    summary = run_file(
-        src, out, engine=engine, model="tiny-gpt2", progress=False, on_batch=second.append
-    )
+    summary = run_file(src, out, on_batch=second.append, **run)
     redone = {key for report in second for key in report.keys}
     assert summary.resumed == len(done_first) == 4
     assert redone.isdisjoint(done_first) and len(redone) == 8
+    assert (summary.ok, summary.failed) == (8, 0)
     fresh = tmp_path / "fresh.jsonl"
-    run_file(src, fresh, engine=engine, model="tiny-gpt2", progress=False)
+    run_file(src, fresh, **run)
     assert read_lines(out) == read_lines(fresh)
     again: list[BatchReport] = []
-    run_file(src, out, engine=engine, model="tiny-gpt2", progress=False, on_batch=again.append)
+    run_file(src, out, on_batch=again.append, **run)
     assert again == []  # a finished output is not redone
+    assert read_lines(out) == read_lines(fresh)
+
+
+KILLED_RUN = """
+import os, sys
+from pathlib import Path
+from genq.settings import Settings
+from worker.bulk import run_file
+from worker.engine import Engine
+from worker.models import load_model
+
+settings = Settings(database_url=sys.argv[3], model_cache=Path(sys.argv[4]))
+engine = Engine(load_model("tiny-gpt2", settings), max_batch_tokens=65536, max_batch_size=4)
+run_file(Path(sys.argv[1]), Path(sys.argv[2]), engine=engine, model="tiny-gpt2",
+         settings=settings, progress=False, on_batch=lambda report: os._exit(9))
+"""
+
+
+def test_a_killed_run_resumes_from_the_store(
+    tmp_path: Path, tiny: LoadedModel, make_engine: EngineFactory, settings: Settings
+) -> None:
+    src = write_lines(tmp_path / "in.jsonl", native_lines(12))
+    out = tmp_path / "out.jsonl"
+    args = [str(src), str(out), settings.database_url, str(settings.model_cache)]
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_RUN, *args], capture_output=True, text=True, timeout=300
+    )
+    assert killed.returncode == 9, killed.stderr
+    rows = request_rows(settings, out)
+    finished = {r.id for r in rows if r.status == RequestStatus.SUCCEEDED}
+    assert len(finished) == 4
+    # The dead process's claims are still running under its lease...
+    assert {r.status for r in rows if r.id not in finished} == {RequestStatus.RUNNING}
+    second: list[BatchReport] = []
+    summary = run_file(
+        src,
+        out,
+        engine=make_engine(tiny, max_batch_size=4),
+        model="tiny-gpt2",
+        settings=settings,
+        progress=False,
+        on_batch=second.append,
+    )
+    # ...and the rerun released them at once, ran each alone (any may have killed the run),
+    # and did not redo the finished ones.
+    assert summary.resumed == 4 and (summary.ok, summary.failed) == (8, 0)
+    assert sorted(len(report.keys) for report in second) == [1] * 8
+    assert {key for report in second for key in report.keys}.isdisjoint(finished)
+    assert [o["custom_id"] for o in read_lines(out)] == [f"c{i}" for i in range(12)]
 
 
 def test_output_of_another_input_is_refused(
-    tmp_path: Path, tiny: LoadedModel, make_engine: EngineFactory
+    tmp_path: Path, tiny: LoadedModel, make_engine: EngineFactory, settings: Settings
 ) -> None:
     out = write_lines(tmp_path / "out.jsonl", [{"custom_id": "zzz", "text": "x"}])
     src = write_lines(tmp_path / "in.jsonl", native_lines(2))
+    run = dict(engine=make_engine(tiny), model="tiny-gpt2", settings=settings, progress=False)
     with pytest.raises(Conflict, match="different input"):
-        run_file(src, out, engine=make_engine(tiny), model="tiny-gpt2", progress=False)
+        run_file(src, out, **run)
+    out.unlink()
+    run_file(src, out, **run)
+    first = read_lines(out)
+    src = write_lines(tmp_path / "in.jsonl", native_lines(3))  # the input changed
+    with pytest.raises(Conflict, match="different input"):
+        run_file(src, out, **run)
+    assert read_lines(out) == first  # left as it was
 
 
 def test_genq_run_command_end_to_end(tmp_path: Path, tiny_cache: Path, tiny: LoadedModel) -> None:
     src = write_lines(tmp_path / "in.jsonl", native_lines(3))
     out = tmp_path / "out.jsonl"
-    env = {**os.environ, "GENQ_MODEL_CACHE": str(tiny_cache)}
+    env = {
+        **os.environ,
+        "GENQ_MODEL_CACHE": str(tiny_cache),
+        "GENQ_DATABASE_URL": f"sqlite:///{tmp_path / 'genq.db'}",
+    }
     proc = subprocess.run(
         [
             sys.executable,

@@ -12,12 +12,12 @@ from sqlalchemy.exc import IntegrityError
 from genq.store.db import alembic_config, downgrade, make_engine, upgrade
 from genq.store.tables import Base
 
-TABLES = {"jobs", "requests", "results"}
+TABLES = {"jobs", "requests", "results", "batches"}
 
 
 def test_one_head(sqlite_url: Callable[[], str]) -> None:
     script = ScriptDirectory.from_config(alembic_config(sqlite_url()))
-    assert script.get_heads() == ["0001"]
+    assert script.get_heads() == ["0002"]
 
 
 def test_upgrade_from_empty_matches_the_models(db_url: Callable[[], str]) -> None:
@@ -27,7 +27,7 @@ def test_upgrade_from_empty_matches_the_models(db_url: Callable[[], str]) -> Non
     try:
         with engine.connect() as conn:
             context = MigrationContext.configure(conn, opts={"compare_type": True})
-            assert context.get_current_revision() == "0001"
+            assert context.get_current_revision() == "0002"
             assert set(inspect(conn).get_table_names()) == TABLES | {"alembic_version"}
             assert compare_metadata(context, Base.metadata) == []
     finally:

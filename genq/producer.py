@@ -1,0 +1,192 @@
+"""The producer: store a job with its requests in one transaction, then announce the requests on
+the queue of their model. The CLI and the API both submit through :func:`submit_job`.
+
+The database is the authority and a message only a hint: when the queue cannot be reached the
+job is stored all the same, its requests stay unannounced, and the reconciler announces them
+once the queue is back."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from genq.errors import InvalidRequest
+from genq.params import GenerationParams
+from genq.settings import Settings, get_settings
+from genq.store import Announcement, NewRequest, create_job, mark_announced, pending_announcements
+from genq.store.reconcile import DEFAULT_REAP_LIMIT
+from genq.store.tables import MAX_NAME_LENGTH
+
+if TYPE_CHECKING:
+    from celery import Celery
+    from kombu import Connection
+
+log = logging.getLogger(__name__)
+
+GENERATE_TASK = "genq.generate"
+"""The Celery task a message names; its kwargs are ``model``, ``group_key``, ``request_ids``."""
+
+QUEUE_PREFIX = "genq.model."
+
+# One connection attempt and no retry: a submit or a reconciler pass must not hang on a down
+# Redis, since the work is safe in the database either way.
+FAIL_FAST: Mapping[str, Any] = {"max_retries": 0}
+
+
+def queue_for(model: str) -> str:
+    """The queue of ``model``'s messages: each worker consumes the queue of the model it runs."""
+    return QUEUE_PREFIX + model
+
+
+class Publisher(Protocol):
+    def publish(self, message: Announcement) -> None:
+        """Send one message; raise when the queue cannot take it."""
+
+
+class CeleryPublisher:
+    """Sends :data:`GENERATE_TASK` messages through a Celery app, to the queue of their model.
+    Thread-safe; keeps one connection, opened on first use and dropped after a failure."""
+
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+        self._lock = threading.Lock()
+        self._connection: Connection | None = None
+
+    def publish(self, message: Announcement) -> None:
+        with self._lock:
+            # A kept connection may have died with a Redis restart: one fresh try then.
+            tries = 2 if self._connection is not None else 1
+            for attempt in range(tries):
+                try:
+                    self._send(message)
+                    return
+                except Exception:
+                    self._close()
+                    if attempt == tries - 1:
+                        raise
+
+    def _send(self, message: Announcement) -> None:
+        if self._connection is None:
+            self._connection = self.app.connection_for_write(transport_options=dict(FAIL_FAST))
+        self.app.send_task(
+            GENERATE_TASK,
+            kwargs={
+                "model": message.model,
+                "group_key": message.group_key,
+                "request_ids": list(message.request_ids),
+            },
+            queue=queue_for(message.model),
+            connection=self._connection,
+            retry=False,
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
+        if self._connection is not None:
+            self._connection.release()
+            self._connection = None
+
+
+def submit_job(
+    sessions: sessionmaker[Session],
+    publisher: Publisher,
+    *,
+    tenant: str,
+    model: str,
+    params: GenerationParams,
+    requests: Sequence[NewRequest],
+    metadata: dict[str, Any] | None = None,
+    settings: Settings | None = None,
+) -> str:
+    """Validate and store a job with its requests (one transaction, bulk inserts), then announce
+    them. Returns the job id once it is stored, whether or not the queue took the messages."""
+    check_name("model", model)
+    check_name("tenant", tenant)
+    with sessions.begin() as session:
+        job_id = create_job(
+            session,
+            tenant=tenant,
+            model=model,
+            params=params,
+            requests=requests,
+            metadata=metadata,
+        )
+    announce(sessions, publisher, job_id=job_id, settings=settings)
+    return job_id
+
+
+def check_name(field: str, name: str) -> None:
+    # A model name becomes a queue name and part of worker names: printable, no spaces.
+    if not name or len(name) > MAX_NAME_LENGTH or not name.isprintable() or " " in name:
+        raise InvalidRequest(
+            field, f"must be 1 to {MAX_NAME_LENGTH} printable characters, no spaces"
+        )
+
+
+def announce(
+    sessions: sessionmaker[Session],
+    publisher: Publisher,
+    *,
+    job_id: str | None = None,
+    settings: Settings | None = None,
+) -> int:
+    """Announce the claimable requests no live message names (of ``job_id``, or all), page by
+    page. Returns how many were announced; stops early, logging why, when the queue fails."""
+    settings = settings or get_settings()
+    announced = 0
+    while True:
+        with sessions.begin() as session:
+            pending = pending_announcements(
+                session,
+                job_id=job_id,
+                reannounce_seconds=settings.reannounce_seconds,
+                max_attempts=settings.max_attempts,
+                limit=DEFAULT_REAP_LIMIT,
+            )
+        total = sum(len(a.request_ids) for a in pending)
+        sent = publish_announcements(
+            sessions, publisher, pending, message_size=settings.message_size
+        )
+        announced += sent
+        # Published requests are marked and drop out of the next page; a short page is the last.
+        if sent < total or total < DEFAULT_REAP_LIMIT:
+            return announced
+
+
+def publish_announcements(
+    sessions: sessionmaker[Session],
+    publisher: Publisher,
+    announcements: Sequence[Announcement],
+    *,
+    message_size: int,
+) -> int:
+    """Publish ``announcements`` in messages of at most ``message_size`` ids, then mark what
+    went out. The first failure stops it: the rest stay unannounced for the reconciler.
+    Returns how many requests were announced."""
+    sent: list[str] = []
+    try:
+        for message in chunked(announcements, message_size):
+            publisher.publish(message)
+            sent.extend(message.request_ids)
+    except Exception as exc:  # noqa: BLE001 - whatever stops the queue, the work is stored
+        left = sum(len(a.request_ids) for a in announcements) - len(sent)
+        log.warning("queue unavailable, %d requests left to the reconciler: %s", left, exc)
+    if sent:
+        with sessions.begin() as session:
+            mark_announced(session, request_ids=sent)
+    return len(sent)
+
+
+def chunked(announcements: Sequence[Announcement], size: int) -> Iterator[Announcement]:
+    """Messages of at most ``size`` ids, each from one announcement (one model, one parameter
+    set), in order."""
+    for a in announcements:
+        for start in range(0, len(a.request_ids), size):
+            yield Announcement(a.model, a.group_key, a.request_ids[start : start + size])

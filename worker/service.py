@@ -1,0 +1,310 @@
+"""Claim, run, write: the work every worker does, whether a queue message woke it (Celery) or it
+claims straight from the database (embedded). Plain functions over a :class:`Runtime`.
+
+A claim holds a request under a lease and a fence; outcomes are written with the fence, one
+transaction per generate call, so a worker whose lease ran out cannot overwrite the result of
+the worker that took the request over."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Generator as _GeneratorType
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from genq.errors import InvalidRequest
+from genq.params import parse_params
+from genq.settings import Settings
+from genq.store import (
+    BatchRecord,
+    Choice,
+    Claim,
+    Outcome,
+    claim,
+    complete_many,
+    record_batch,
+    release,
+    renew,
+    session_factory,
+)
+from genq.store.db import make_engine as make_db_engine
+from genq.store.tables import utcnow
+from worker.types import BatchReport, GenRequest, GenResult
+
+log = logging.getLogger(__name__)
+
+RENEW_FRACTION = 1 / 3
+"""A window's unrun claims get a new lease once this much of the last one has gone by."""
+
+
+class Generator(Protocol):
+    """What a worker runs claims through: :class:`worker.engine.Engine`, or a stand-in."""
+
+    def run(self, requests: Iterable[GenRequest]) -> Iterator[BatchReport]: ...
+
+
+@dataclass
+class Runtime:
+    """One worker process's state: where the store is, which model it serves and the engine for
+    it (made on first use, once), and a flag that asks it to stop between batches."""
+
+    settings: Settings
+    sessions: sessionmaker[Session]
+    model: str
+    worker_id: str
+    make_engine: Callable[[], Generator]
+    window: int  # most requests claimed at once: what the engine plans batches from
+    on_batch: Callable[[BatchReport], None] | None = None
+    stopping: threading.Event = field(default_factory=threading.Event)
+    idle_since: float = field(default_factory=time.monotonic)
+    _engine: Generator | None = None
+
+    @property
+    def engine(self) -> Generator:
+        if self._engine is None:
+            self._engine = self.make_engine()
+        return self._engine
+
+    def wait_for_company(self) -> None:
+        """An idle worker holds a message briefly before claiming, so requests of its
+        parameter set submitted with it (other messages, other jobs) share its window. A busy
+        worker does not wait: whatever came in meanwhile is already in the database."""
+        wait = self.settings.buffer_seconds
+        if wait and time.monotonic() - self.idle_since >= wait:
+            self.stopping.wait(wait)
+
+
+def build_runtime(
+    settings: Settings,
+    *,
+    model: str,
+    make_engine: Callable[[], Generator] | None = None,
+    worker_id: str | None = None,
+    window: int | None = None,
+) -> Runtime:
+    engine = make_db_engine(settings.database_url)
+    return Runtime(
+        settings=settings,
+        sessions=session_factory(engine),
+        model=model,
+        worker_id=worker_id or default_worker_id(model),
+        make_engine=make_engine or model_engine(settings, model),
+        window=window or settings.claim_window,
+    )
+
+
+def default_worker_id(model: str) -> str:
+    return f"{model}@{socket.gethostname()}:{os.getpid()}"
+
+
+def model_engine(settings: Settings, model: str) -> Callable[[], Generator]:
+    """The real engine for ``model``; torch loads when it is called, not before."""
+
+    def make() -> Generator:
+        from worker.engine import Engine
+        from worker.models import load_model
+
+        return Engine(
+            load_model(model, settings),
+            max_batch_tokens=settings.max_batch_tokens,
+            max_batch_size=settings.max_batch_size,
+        )
+
+    return make
+
+
+def handle_message(rt: Runtime, *, model: str, group_key: str, request_ids: Sequence[str]) -> int:
+    """A queue message names requests of one model and parameter set: claim those still
+    claimable, fill the window with other claimable requests of the same parameter set (from
+    any job), run them, write the outcomes; again until nothing the message names is left.
+    A duplicate or stale message claims nothing. Returns how many outcomes were written."""
+    if model != rt.model:
+        log.error("message for model %s reached a worker of %s; ignored", model, rt.model)
+        return 0
+    rt.wait_for_company()
+    written = 0
+    try:
+        while not rt.stopping.is_set():
+            with rt.sessions.begin() as session:
+                claims = _claim(rt, session, request_ids=request_ids)
+                if claims and len(claims) < rt.window:
+                    claims += _claim(
+                        rt, session, group_key=group_key, limit=rt.window - len(claims)
+                    )
+            if not claims:
+                break
+            written += run_claims(rt, claims)
+    finally:
+        rt.idle_since = time.monotonic()
+    return written
+
+
+def claim_any(rt: Runtime, *, job_id: str | None = None) -> list[Claim]:
+    """A window of whatever is claimable for the runtime's model (of ``job_id`` only, if given),
+    oldest first: the embedded worker's way in."""
+    with rt.sessions.begin() as session:
+        return _claim(rt, session, job_id=job_id)
+
+
+def _claim(
+    rt: Runtime,
+    session: Session,
+    *,
+    request_ids: Sequence[str] | None = None,
+    group_key: str | None = None,
+    job_id: str | None = None,
+    limit: int | None = None,
+) -> list[Claim]:
+    return claim(
+        session,
+        worker_id=rt.worker_id,
+        model=rt.model,
+        lease_seconds=rt.settings.lease_seconds,
+        request_ids=request_ids,
+        group_key=group_key,
+        job_id=job_id,
+        limit=limit or rt.window,
+        max_attempts=rt.settings.max_attempts,
+    )
+
+
+def run_claims(rt: Runtime, claims: Sequence[Claim]) -> int:
+    """Run claimed requests and write their outcomes; returns how many were written.
+
+    A request claimed before by a worker that never reported (attempts > 1) is a suspect: it
+    may be what killed that worker. One suspect runs alone, after the others; the rest go back
+    to the queue with their attempt returned. So a request that kills its worker every time
+    takes no neighbour down with it again and, out of attempts, the reconciler fails it."""
+    fresh = [c for c in claims if c.attempts <= 1]
+    suspects = [c for c in claims if c.attempts > 1]
+    _release(rt, suspects[1:])
+    written = _execute(rt, fresh)
+    if rt.stopping.is_set():
+        _release(rt, suspects[:1])
+        return written
+    return written + _execute(rt, suspects[:1])
+
+
+def _execute(rt: Runtime, claims: Sequence[Claim]) -> int:
+    held = {c.request_id: c for c in claims}
+    requests: list[GenRequest] = []
+    invalid: list[GenResult] = []
+    for c in claims:
+        try:
+            params = parse_params(c.params)
+        except InvalidRequest as exc:
+            invalid.append(GenResult(key=c.request_id, error=str(exc)))
+            continue
+        messages = tuple(c.messages) if c.messages is not None else None
+        requests.append(GenRequest(c.request_id, params, c.prompt, messages))
+    written = _write(rt, held, invalid, report=None) if invalid else 0
+    if not requests:
+        return written
+    renewed_at = time.monotonic()
+    reports = rt.engine.run(requests)
+    try:
+        for report in reports:
+            if time.monotonic() - renewed_at > rt.settings.lease_seconds * RENEW_FRACTION:
+                _renew(rt, held, exclude=report.keys)
+                renewed_at = time.monotonic()
+            written += _write(rt, held, report.results, report=report)
+            if rt.on_batch is not None:
+                rt.on_batch(report)
+            if rt.stopping.is_set():
+                break
+    finally:
+        if isinstance(reports, _GeneratorType):
+            reports.close()
+        # Stopped between batches, or failed: what did not run goes back, its attempt returned.
+        _release(rt, list(held.values()))
+    return written
+
+
+def _write(
+    rt: Runtime,
+    held: dict[str, Claim],
+    results: Sequence[GenResult],
+    *,
+    report: BatchReport | None,
+) -> int:
+    """One generate call's outcomes in one transaction, fenced, with the batch's record."""
+    now = utcnow()
+    started = now - timedelta(seconds=report.seconds) if report else now
+    items = [
+        (r.key, held[r.key].fence, _outcome(r, started=started, finished=now))
+        for r in results
+        if r.key in held
+    ]
+    with rt.sessions.begin() as session:
+        done = complete_many(session, items=items, now=now)
+        if report is not None and report.rows:
+            record_batch(
+                session,
+                batch=BatchRecord(
+                    worker_id=rt.worker_id,
+                    model=rt.model,
+                    group_key=report.group,
+                    rows=report.rows,
+                    padded_length=report.padded_length,
+                    prompt_efficiency=report.prompt_efficiency,
+                    seconds=report.seconds,
+                    request_ids=report.keys,
+                    refused=done.count(False),
+                ),
+                now=now,
+            )
+    for key, _, _ in items:
+        held.pop(key, None)
+    if not all(done):
+        stale = [key for (key, _, _), ok in zip(items, done, strict=True) if not ok]
+        log.warning("refused %d outcomes of stale claims: %s", len(stale), stale[:8])
+    return sum(done)
+
+
+def _outcome(result: GenResult, *, started: datetime, finished: datetime) -> Outcome:
+    if result.error is not None or not result.choices:
+        return Outcome(
+            error=result.error or "generation returned nothing",
+            prompt_tokens=result.prompt_tokens,
+            started_at=started,
+            finished_at=finished,
+        )
+    return Outcome(
+        choices=tuple(Choice(c.text, c.finish_reason, c.completion_tokens) for c in result.choices),
+        prompt_tokens=result.prompt_tokens,
+        started_at=started,
+        finished_at=finished,
+    )
+
+
+def _renew(rt: Runtime, held: dict[str, Claim], *, exclude: Sequence[str]) -> None:
+    waiting = [(c.request_id, c.fence) for c in held.values() if c.request_id not in exclude]
+    with rt.sessions.begin() as session:
+        kept = renew(
+            session,
+            worker_id=rt.worker_id,
+            held=waiting,
+            lease_seconds=rt.settings.lease_seconds,
+        )
+    for request_id, _ in waiting:
+        if request_id not in kept:  # taken over, or its job was cancelled
+            held.pop(request_id, None)
+
+
+def _release(rt: Runtime, claims: Sequence[Claim]) -> None:
+    if not claims:
+        return
+    try:
+        with rt.sessions.begin() as session:
+            for c in sorted(claims, key=lambda c: c.request_id):
+                release(session, request_id=c.request_id, fence=c.fence)
+    except Exception:  # noqa: BLE001 - the leases expire and the reconciler takes over
+        log.exception("could not release %d claims", len(claims))
