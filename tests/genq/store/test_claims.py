@@ -271,3 +271,35 @@ def test_chat_requests_claim_their_messages(store: Database) -> None:
     with store.sessions.begin() as session:
         (c,) = claim(session, worker_id="w", model=MODEL, lease_seconds=LEASE)
     assert (c.prompt, c.messages) == (None, list(messages))
+
+
+def test_claim_narrows_to_a_parameter_set_and_a_job(store: Database) -> None:
+    short, long_ = GenerationParams(max_new_tokens=4), GenerationParams(max_new_tokens=40)
+    with store.sessions.begin() as session:
+        a = add_job(session, n=2, params=short, now=at(0))
+        b = add_job(session, n=2, params=long_, now=at(1))
+        c = add_job(session, n=2, params=short, now=at(2))
+        ids = {job: request_ids(session, job) for job in (a, b, c)}
+    with store.sessions.begin() as session:
+        same_set = claim(
+            session, worker_id="w", model=MODEL, lease_seconds=LEASE, group_key=short.group_key()
+        )
+        one_job = claim(session, worker_id="w", model=MODEL, lease_seconds=LEASE, job_id=b)
+    assert sorted(c.request_id for c in same_set) == sorted(ids[a] + ids[c])
+    assert {c.group_key for c in same_set} == {short.group_key()}
+    assert sorted(c.request_id for c in one_job) == sorted(ids[b])
+    with store.sessions.begin() as session:
+        job_id = add_job(session, n=2, params=short, now=at(3))
+        named = request_ids(session, job_id)
+        # A name outside the set is not taken even when named.
+        assert (
+            claim(
+                session,
+                worker_id="w",
+                model=MODEL,
+                lease_seconds=LEASE,
+                request_ids=named,
+                group_key=long_.group_key(),
+            )
+            == []
+        )

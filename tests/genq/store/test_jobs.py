@@ -17,6 +17,7 @@ from genq.store import (
     claim,
     complete,
     create_job,
+    find_job,
     get_job,
     list_results,
 )
@@ -173,3 +174,36 @@ def test_times_come_back_as_aware_utc(store: Database) -> None:
     naive = pytest.raises(StatementError, match="naive datetime")
     with naive, store.sessions.begin() as session:
         add_job(session, now=T0.replace(tzinfo=None))
+
+
+def test_find_job_by_a_metadata_tag(store: Database) -> None:
+    with store.sessions.begin() as session:
+        params = GenerationParams()
+        requests = [NewRequest(prompt="p")]
+        tagged = [
+            create_job(
+                session,
+                tenant=TENANT,
+                model=MODEL,
+                params=params,
+                requests=requests,
+                metadata={"out": "/tmp/a.jsonl", "n": i},
+                now=at(i),
+            )
+            for i in range(2)
+        ]
+        create_job(
+            session,
+            tenant="other",
+            model=MODEL,
+            params=params,
+            requests=requests,
+            metadata={"out": "/tmp/a.jsonl"},
+            now=at(5),
+        )
+    with store.sessions.begin() as session:
+        newest = find_job(session, tenant=TENANT, key="out", value="/tmp/a.jsonl")
+        assert find_job(session, tenant=TENANT, key="out", value="/tmp/b.jsonl") is None
+        assert find_job(session, tenant=TENANT, key="missing", value="/tmp/a.jsonl") is None
+    assert newest is not None and newest.id == tagged[1]
+    assert newest.metadata == {"out": "/tmp/a.jsonl", "n": 1}
