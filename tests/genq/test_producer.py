@@ -1,0 +1,153 @@
+"""The producer on fakeredis: what lands on which queue, and what happens when Redis is away."""
+
+from __future__ import annotations
+
+import time
+
+import fakeredis
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from genq.errors import InvalidRequest
+from genq.params import GenerationParams
+from genq.producer import GENERATE_TASK, CeleryPublisher, announce, submit_job
+from genq.settings import Settings
+from genq.store import NewRequest
+from genq.store.tables import Job, Request
+from tests.genq.conftest import messages
+from worker.celery_app import make_celery
+
+SHORT = GenerationParams(max_new_tokens=8)
+
+
+def stored(sessions: sessionmaker[Session], job_id: str) -> list[tuple[str, str, bool]]:
+    """(id, group key, announced) of the job's requests, in input order."""
+    with sessions.begin() as session:
+        rows = session.execute(
+            select(Request.id, Request.group_key, Request.announced_at)
+            .where(Request.job_id == job_id)
+            .order_by(Request.idx)
+        ).all()
+    return [(row.id, row.group_key, row.announced_at is not None) for row in rows]
+
+
+def prompts(n: int, params: GenerationParams | None = None) -> list[NewRequest]:
+    return [NewRequest(custom_id=f"c{i}", prompt=f"prompt {i}", params=params) for i in range(n)]
+
+
+def test_messages_go_to_the_queue_of_their_model_in_chunks_of_one_parameter_set(
+    redis_server: fakeredis.FakeServer,
+    sessions: sessionmaker[Session],
+    publisher: CeleryPublisher,
+    settings: Settings,
+) -> None:
+    mixed = prompts(3) + prompts(2, SHORT)
+    job = submit_job(
+        sessions,
+        publisher,
+        tenant="acme",
+        model="tiny-gpt2",
+        params=GenerationParams(),
+        requests=mixed,
+        settings=settings,
+    )
+    other = submit_job(
+        sessions,
+        publisher,
+        tenant="acme",
+        model="other-model",
+        params=SHORT,
+        requests=prompts(1),
+        settings=settings,
+    )
+    rows = stored(sessions, job)
+    assert all(announced for _, _, announced in rows + stored(sessions, other))
+    sent = messages(redis_server, "tiny-gpt2")
+    assert {name for name, _ in sent} == {GENERATE_TASK}
+    assert {kwargs["model"] for _, kwargs in sent} == {"tiny-gpt2"}
+    # Every request named exactly once, at most message_size ids a message, each message
+    # naming requests of the parameter set it declares.
+    named = [i for _, kwargs in sent for i in kwargs["request_ids"]]
+    assert sorted(named) == sorted(i for i, _, _ in rows)
+    key_of = {i: key for i, key, _ in rows}
+    for _, kwargs in sent:
+        assert 1 <= len(kwargs["request_ids"]) <= settings.message_size
+        assert {key_of[i] for i in kwargs["request_ids"]} == {kwargs["group_key"]}
+    assert sorted(len(kwargs["request_ids"]) for _, kwargs in sent) == [1, 2, 2]
+    assert {kwargs["group_key"] for _, kwargs in sent} == {
+        GenerationParams().group_key(),
+        SHORT.group_key(),
+    }
+    (only,) = messages(redis_server, "other-model")
+    assert only[1]["request_ids"] == [i for i, _, _ in stored(sessions, other)]
+
+
+def test_a_job_submitted_while_redis_is_down_is_stored_and_announced_later(
+    redis_server: fakeredis.FakeServer,
+    sessions: sessionmaker[Session],
+    publisher: CeleryPublisher,
+    settings: Settings,
+) -> None:
+    redis_server.connected = False
+    started = time.monotonic()
+    job = submit_job(
+        sessions,
+        publisher,
+        tenant="acme",
+        model="tiny-gpt2",
+        params=GenerationParams(),
+        requests=prompts(3),
+        settings=settings,
+    )
+    assert time.monotonic() - started < 2  # fails fast, no retry loop
+    assert [announced for _, _, announced in stored(sessions, job)] == [False] * 3
+    redis_server.connected = True
+    assert messages(redis_server, "tiny-gpt2") == []
+    assert announce(sessions, publisher, settings=settings) == 3
+    assert all(announced for _, _, announced in stored(sessions, job))
+    named = [i for _, kwargs in messages(redis_server, "tiny-gpt2") for i in kwargs["request_ids"]]
+    assert sorted(named) == sorted(i for i, _, _ in stored(sessions, job))
+    # Announced once: a second pass finds nothing left to announce.
+    assert announce(sessions, publisher, settings=settings) == 0
+
+
+def test_the_publisher_recovers_when_redis_comes_back(
+    redis_server: fakeredis.FakeServer, sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    publisher = CeleryPublisher(make_celery(settings))
+    submit = {
+        "tenant": "acme",
+        "model": "tiny-gpt2",
+        "params": GenerationParams(),
+        "settings": settings,
+    }
+    first = submit_job(sessions, publisher, requests=prompts(1), **submit)
+    redis_server.connected = False
+    second = submit_job(sessions, publisher, requests=prompts(1), **submit)
+    redis_server.connected = True
+    third = submit_job(sessions, publisher, requests=prompts(1), **submit)
+    publisher.close()
+    announced = {job: stored(sessions, job)[0][2] for job in (first, second, third)}
+    assert announced == {first: True, second: False, third: True}
+    assert len(messages(redis_server, "tiny-gpt2")) == 2
+
+
+@pytest.mark.parametrize("model", ["", "two words", "x" * 201, "tab\tname"])
+def test_a_bad_model_name_is_refused_before_anything_is_stored(
+    redis_server: fakeredis.FakeServer,
+    sessions: sessionmaker[Session],
+    publisher: CeleryPublisher,
+    model: str,
+) -> None:
+    with pytest.raises(InvalidRequest, match="^model:"):
+        submit_job(
+            sessions,
+            publisher,
+            tenant="acme",
+            model=model,
+            params=GenerationParams(),
+            requests=prompts(1),
+        )
+    with sessions.begin() as session:
+        assert session.scalar(select(Job.id)) is None
