@@ -218,7 +218,7 @@ def _execute(rt: Runtime, claims: Sequence[Claim]) -> int:
             written += _write(rt, held, report.results, report=report)
             if rt.on_batch is not None:
                 rt.on_batch(report)
-            if rt.stopping.is_set():
+            if rt.stopping.is_set() or not held:  # nothing left that is still ours to write
                 break
     finally:
         if isinstance(reports, _GeneratorType):
