@@ -15,6 +15,7 @@ import socket
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,6 +78,14 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
+    with running_pg_server() as server:
+        yield server
+
+
+@contextmanager
+def running_pg_server() -> Iterator[PgServer]:
+    """The throwaway server behind :func:`pg_server`, for tools outside pytest too (the queue
+    benchmark). Skips (raises pytest's Skipped) without the binaries."""
     bindir = _pg_bindir()
     if bindir is None:
         pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found: apt install postgresql")

@@ -108,13 +108,14 @@ class RedisServer:
 @dataclass
 class WorkerProcess:
     name: str
+    model: str
     proc: subprocess.Popen[bytes]
     log: Path
 
     @property
     def worker_id(self) -> str:
         """The id its claims and batches carry (see worker.service.default_worker_id)."""
-        return f"{MODEL}@{socket.gethostname()}:{self.proc.pid}"
+        return f"{self.model}@{socket.gethostname()}:{self.proc.pid}"
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -132,9 +133,16 @@ class Cluster:
     """Workers on one Redis and one database, and a client of both."""
 
     def __init__(
-        self, *, database_url: str, redis: RedisServer, model_cache: Path, logs: Path
+        self,
+        *,
+        database_url: str,
+        redis: RedisServer,
+        model_cache: Path,
+        logs: Path,
+        model: str = MODEL,
     ) -> None:
         self.redis = redis
+        self.model = model
         self.logs = logs
         self.env: dict[str, str] = {
             "GENQ_DATABASE_URL": database_url,
@@ -172,22 +180,26 @@ class Cluster:
         self._close_publisher()
 
     def start_worker(
-        self, *, faults: Mapping[str, str] | None = None, wait: bool = True
+        self,
+        *,
+        faults: Mapping[str, str] | None = None,
+        wait: bool = True,
+        command: Sequence[str] | None = None,
     ) -> WorkerProcess:
-        """``python -m genq worker`` (or the fault-injecting wrapper, given ``faults``), started
-        and, with ``wait``, ready to take messages."""
+        """``python -m genq worker`` (the fault-injecting wrapper given ``faults``, or
+        ``command``), started and, with ``wait``, ready to take messages."""
         name = f"worker-{len(self.workers)}"
         log = self.logs / f"{name}.log"
-        if faults:
-            command = [sys.executable, "-m", "tests.integration.fault_worker", MODEL]
-        else:
-            command = [sys.executable, "-m", "genq", "worker", "--model", MODEL]
+        if command is None and faults:
+            command = [sys.executable, "-m", "tests.integration.fault_worker", self.model]
+        elif command is None:
+            command = [sys.executable, "-m", "genq", "worker", "--model", self.model]
         env = {**os.environ, **self.env, **(faults or {}), "PYTHONUNBUFFERED": "1"}
         with log.open("wb") as sink:
             proc = subprocess.Popen(
                 command, cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT
             )
-        worker = WorkerProcess(name, proc, log)
+        worker = WorkerProcess(name, self.model, proc, log)
         self.workers.append(worker)
         if wait:
             self.wait_ready(worker)
@@ -212,7 +224,7 @@ class Cluster:
             self.sessions,
             self.publisher,
             tenant=TENANT,
-            model=MODEL,
+            model=self.model,
             params=params,
             requests=[NewRequest(custom_id=f"c{i}", prompt=p) for i, p in enumerate(prompts)],
             settings=self.settings,
@@ -222,12 +234,14 @@ class Cluster:
         with self.sessions.begin() as session:
             return get_job(session, tenant=TENANT, job_id=job_id)
 
-    def wait_jobs(self, job_ids: Sequence[str], *, timeout: float) -> list[JobInfo]:
+    def wait_jobs(
+        self, job_ids: Sequence[str], *, timeout: float, every: float = 0.2
+    ) -> list[JobInfo]:
         def done() -> list[JobInfo] | None:
             jobs = [self.job(j) for j in job_ids]
             return jobs if all(j.status.is_terminal for j in jobs) else None
 
-        return wait_for(done, timeout=timeout, what=f"jobs {list(job_ids)} to end", every=0.2)
+        return wait_for(done, timeout=timeout, what=f"jobs {list(job_ids)} to end", every=every)
 
     def results(self, job_id: str) -> list[ResultRow]:
         with self.sessions.begin() as session:
