@@ -82,9 +82,7 @@ def main() -> None:
     loaded = load_model(args.model, settings)
     prompts = [json.loads(line)["prompt"] for line in PROMPTS.read_text().splitlines()]
     prompts = prompts[: args.count]
-    engine = Engine(
-        loaded, max_batch_tokens=settings.max_batch_tokens, max_batch_size=settings.max_batch_size
-    )
+    engine = Engine.from_settings(loaded, settings)
     with_engine(engine, prompts[:4], 4)  # warm-up: first calls pay one-off setup costs
 
     timings: dict[str, float] = {}

@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     device: str = "auto"
     max_batch_tokens: int = Field(default=DEFAULT_MAX_BATCH_TOKENS, ge=1)
     max_batch_size: int = Field(default=DEFAULT_MAX_BATCH_SIZE, ge=1)
+    # Decode-step cost in tokens for the batch planner; None picks one for the device.
+    batch_step_cost: int | None = Field(default=None, ge=0)
     lease_seconds: float = Field(default=DEFAULT_LEASE_SECONDS, gt=0)
     max_attempts: int = Field(default=DEFAULT_MAX_ATTEMPTS, ge=1)
     reannounce_seconds: float = Field(default=DEFAULT_REANNOUNCE_SECONDS, gt=0)

@@ -7,7 +7,7 @@ import secrets
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import (
@@ -20,14 +20,21 @@ from transformers import (
 
 from genq.errors import InvalidRequest
 from genq.params import GenerationParams
-from worker.planner import Batch, PlanItem, plan, split
+from worker.planner import DEFAULT_STEP_COST, Batch, PlanItem, plan, split
 from worker.sampling import RepetitionPenalty, RowSampler, StopStrings, cut_at_stop, row_seed
 from worker.types import BatchReport, Choice, GenRequest, GenResult
 
 if TYPE_CHECKING:
+    from genq.settings import Settings
     from worker.models import LoadedModel
 
 log = logging.getLogger(__name__)
+
+ACCELERATOR_STEP_COST = 1024
+"""On a GPU a decode step is bound by reading the weights, so extra rows are nearly free."""
+
+DEFAULT_PRUNE_EVERY = 8
+"""New tokens per generate slice; finished rows leave the batch between slices."""
 
 OUT_OF_MEMORY: tuple[type[BaseException], ...] = (torch.OutOfMemoryError, MemoryError)
 
@@ -46,10 +53,32 @@ class Engine:
     memory on its own) becomes that request's error and the others go on.
     """
 
-    def __init__(self, loaded: LoadedModel, *, max_batch_tokens: int, max_batch_size: int) -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        *,
+        max_batch_tokens: int,
+        max_batch_size: int,
+        prune_every: int = DEFAULT_PRUNE_EVERY,
+        step_cost: int | None = None,
+    ) -> None:
         self.loaded = loaded
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
+        self.prune_every = prune_every
+        if step_cost is None:
+            step_cost = DEFAULT_STEP_COST if loaded.device.type == "cpu" else ACCELERATOR_STEP_COST
+        self.step_cost = step_cost
+
+    @classmethod
+    def from_settings(cls, loaded: LoadedModel, settings: Settings, **overrides: Any) -> Engine:
+        options: dict[str, Any] = {
+            "max_batch_tokens": settings.max_batch_tokens,
+            "max_batch_size": settings.max_batch_size,
+            "step_cost": settings.batch_step_cost,
+        }
+        options.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(loaded, **options)
 
     @property
     def tokenizer(self):  # type: ignore[no-untyped-def]
@@ -84,7 +113,7 @@ class Engine:
         return list(ids)
 
     def run(self, requests: Iterable[GenRequest]) -> Iterator[BatchReport]:
-        """Yields one report per generate call (and one for requests refused before any)."""
+        """Yields one report per planned batch (and one for requests refused before any)."""
         encoded: dict[str, _Encoded] = {}
         refused: list[GenResult] = []
         for request in requests:
@@ -107,7 +136,10 @@ class Engine:
             for key, enc in encoded.items()
         ]
         for batch in plan(
-            items, max_batch_tokens=self.max_batch_tokens, max_batch_size=self.max_batch_size
+            items,
+            max_batch_tokens=self.max_batch_tokens,
+            max_batch_size=self.max_batch_size,
+            step_cost=self.step_cost,
         ):
             started = time.perf_counter()
             results = self._run_batch(batch, encoded)
@@ -174,23 +206,76 @@ class Engine:
             )
         stops = [m.request.params.stop for m, _ in rows]
         stop_criterion = StopStrings(self.tokenizer, stops, width) if any(stops) else None
-        config = GenerationConfig(
-            max_new_tokens=params.max_new_tokens,
-            do_sample=False,  # sampling, when asked for, happens per row in RowSampler
-            pad_token_id=loaded.pad_token_id,
-            eos_token_id=list(loaded.eos_token_ids),
+        prunable: list[Any] = [p for p in processors if hasattr(p, "select")]
+        if stop_criterion:
+            prunable.append(stop_criterion)
+        tokens, stopped_at = self._generate_pruning(
+            input_ids, attention_mask, params.max_new_tokens, processors, stop_criterion, prunable
         )
-        with torch.inference_mode():
-            output = loaded.model.generate(
-                input_ids=input_ids.to(loaded.device),
-                attention_mask=attention_mask.to(loaded.device),
-                generation_config=config,
-                logits_processor=processors,
-                stopping_criteria=StoppingCriteriaList([stop_criterion] if stop_criterion else []),
+        return self._decode(members, rows, tokens, stopped_at)
+
+    def _generate_pruning(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        max_new_tokens: int,
+        processors: LogitsProcessorList,
+        stop_criterion: StopStrings | None,
+        prunable: Sequence[Any],
+    ) -> tuple[list[list[int]], list[int | None]]:
+        """``generate`` in slices of ``prune_every`` new tokens, continuing from the KV cache;
+        between slices the rows that finished leave the batch, so a few long answers do not
+        keep paying for the rows that stopped early."""
+        loaded = self.loaded
+        eos = set(loaded.eos_token_ids)
+        alive = list(range(input_ids.shape[0]))  # original row of each row still generating
+        tokens: list[list[int]] = [[] for _ in alive]
+        stopped_at: list[int | None] = [None] * len(alive)
+        sequences = input_ids.to(loaded.device)
+        mask = attention_mask.to(loaded.device)
+        cache = None
+        produced = 0
+        while alive and produced < max_new_tokens:
+            config = GenerationConfig(
+                max_new_tokens=min(self.prune_every, max_new_tokens - produced),
+                do_sample=False,  # sampling, when asked for, happens per row in RowSampler
+                pad_token_id=loaded.pad_token_id,
+                eos_token_id=list(loaded.eos_token_ids),
+                return_dict_in_generate=True,
             )
-        new_tokens = output[:, width:].cpu().tolist()
-        stopped_at = stop_criterion.stopped_at if stop_criterion else [None] * len(rows)
-        return self._decode(members, rows, new_tokens, stopped_at)
+            with torch.inference_mode():
+                out = loaded.model.generate(
+                    input_ids=sequences,
+                    attention_mask=mask,
+                    cache=cache,
+                    generation_config=config,
+                    logits_processor=processors,
+                    stopping_criteria=StoppingCriteriaList(
+                        [stop_criterion] if stop_criterion else []
+                    ),
+                )
+            new = out.sequences[:, sequences.shape[1] :]
+            produced += new.shape[1]
+            keep = []
+            for j, row_tokens in enumerate(new.tolist()):
+                row = alive[j]
+                tokens[row].extend(row_tokens)
+                stop_step = stop_criterion.stopped_at[j] if stop_criterion else None
+                if stop_step is not None:
+                    stopped_at[row] = stop_step
+                elif not eos.intersection(row_tokens):
+                    keep.append(j)
+            # Every row still generating has only real tokens since the prompt.
+            mask = torch.cat([mask, mask.new_ones(new.shape)], dim=1)
+            sequences, cache = out.sequences, out.cache
+            if len(keep) < len(alive):
+                index = torch.tensor(keep, dtype=torch.long, device=loaded.device)
+                sequences, mask = sequences[index], mask[index]
+                cache.batch_select_indices(index)
+                for part in prunable:
+                    part.select(keep)
+                alive = [alive[j] for j in keep]
+        return tokens, stopped_at
 
     def _decode(
         self,

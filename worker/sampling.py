@@ -48,6 +48,9 @@ class RowSampler(LogitsProcessor):
         if top_p is not None and top_p < 1.0:
             self.warpers.append(TopPLogitsWarper(top_p))
 
+    def select(self, keep: Sequence[int]) -> None:
+        self.generators = [self.generators[j] for j in keep]
+
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         for warper in self.warpers:
             scores = warper(input_ids, scores)
@@ -68,6 +71,9 @@ class RepetitionPenalty(LogitsProcessor):
     def __init__(self, penalty: float, first_real: torch.Tensor) -> None:
         self.penalty = penalty
         self.first_real = first_real  # (rows,) index of each row's first non-pad position
+
+    def select(self, keep: Sequence[int]) -> None:
+        self.first_real = self.first_real[list(keep)]
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
@@ -94,6 +100,10 @@ class StopStrings(StoppingCriteria):
         # stop string plus the token that completed it.
         self.window = 4 * max((len(s) for row in stops for s in row), default=0) + 4
         self.stopped_at: list[int | None] = [None] * len(stops)
+
+    def select(self, keep: Sequence[int]) -> None:
+        self.stops = [self.stops[j] for j in keep]
+        self.stopped_at = [self.stopped_at[j] for j in keep]
 
     def __call__(
         self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: object

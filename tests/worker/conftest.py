@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -44,10 +45,10 @@ def smol() -> LoadedModel:
 
 @pytest.fixture
 def make_engine() -> Callable[..., Engine]:
-    def make(
-        loaded: LoadedModel, *, max_batch_tokens: int = 65536, max_batch_size: int = 64
-    ) -> Engine:
-        return Engine(loaded, max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size)
+    def make(loaded: LoadedModel, **options: Any) -> Engine:
+        options.setdefault("max_batch_tokens", 65536)
+        options.setdefault("max_batch_size", 64)
+        return Engine(loaded, **options)
 
     return make
 

@@ -176,7 +176,7 @@ def test_interrupted_run_resumes_without_redoing_lines(
         first.append(report)
         raise Interrupt
 
-    engine = make_engine(tiny, max_batch_size=4)
+    engine = make_engine(tiny, max_batch_size=4, step_cost=100_000)
     run = dict(engine=engine, model="tiny-gpt2", settings=settings, progress=False)
     with pytest.raises(Interrupt):
         run_file(src, out, on_batch=stop_after_one, **run)
@@ -212,7 +212,8 @@ from worker.engine import Engine
 from worker.models import load_model
 
 settings = Settings(database_url=sys.argv[3], model_cache=Path(sys.argv[4]))
-engine = Engine(load_model("tiny-gpt2", settings), max_batch_tokens=65536, max_batch_size=4)
+engine = Engine(load_model("tiny-gpt2", settings), max_batch_tokens=65536, max_batch_size=4,
+                step_cost=100_000)
 run_file(Path(sys.argv[1]), Path(sys.argv[2]), engine=engine, model="tiny-gpt2",
          settings=settings, progress=False, on_batch=lambda report: os._exit(9))
 """
@@ -237,7 +238,7 @@ def test_a_killed_run_resumes_from_the_store(
     summary = run_file(
         src,
         out,
-        engine=make_engine(tiny, max_batch_size=4),
+        engine=make_engine(tiny, max_batch_size=4, step_cost=100_000),
         model="tiny-gpt2",
         settings=settings,
         progress=False,

@@ -24,7 +24,7 @@ def test_greedy_batched_equals_alone(
     model: str, request: pytest.FixtureRequest, make_engine: EngineFactory
 ) -> None:
     loaded: LoadedModel = request.getfixturevalue(model)
-    engine = make_engine(loaded)
+    engine = make_engine(loaded, step_cost=100_000)  # big batches: lots of padding
     new = 24 if model == "tiny" else 12
     reqs = [
         GenRequest(str(i), parse_params({"max_new_tokens": new}), p)
@@ -150,7 +150,7 @@ def test_chat_without_template_is_a_clear_error(
 def test_out_of_memory_halves_the_batch(
     tiny: LoadedModel, make_engine: EngineFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    engine = make_engine(tiny)
+    engine = make_engine(tiny, step_cost=100_000)  # one batch of 8
     reqs = [request(str(i), p, max_new_tokens=10) for i, p in enumerate(varied_prompts(8))]
     expected = run_all(engine, reqs)
     real_generate = tiny.model.generate
@@ -189,3 +189,26 @@ def test_a_request_that_fails_alone_gets_an_error(
     results = run_all(engine, reqs)
     assert results["2"].error == "out of memory: injected"
     assert sorted(k for k, r in results.items() if r.ok) == ["0", "1", "3", "4", "5"]
+
+
+def test_finished_rows_leave_the_batch(
+    tiny: LoadedModel, make_engine: EngineFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reqs = [request(str(i), p, max_new_tokens=40) for i, p in enumerate(varied_prompts(24))]
+    whole = make_engine(tiny, prune_every=40)
+    expected = run_all(whole, reqs)
+    assert any(r.choices[0].finish_reason == "stop" for r in expected.values())
+    real_generate = tiny.model.generate
+    sizes: list[int] = []
+
+    def generate(**kwargs: Any) -> Any:
+        sizes.append(kwargs["input_ids"].shape[0])
+        return real_generate(**kwargs)
+
+    monkeypatch.setattr(tiny.model, "generate", generate)
+    pruned = run_all(make_engine(tiny, prune_every=4), reqs)
+    assert sizes[0] == 24 and sizes[-1] < 24  # rows that stopped early were dropped
+    assert sizes == sorted(sizes, reverse=True)
+    assert {k: r.choices for k, r in pruned.items()} == {
+        k: r.choices for k, r in expected.items()
+    }

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from worker.planner import Batch, PlanItem, plan, split
+from worker.planner import Batch, PlanItem, estimated_work, plan, split
 
 
 def item(key: str, length: int, group: str = "g", new: int = 10, rows: int = 1) -> PlanItem:
@@ -64,3 +64,31 @@ def test_prompt_efficiency_and_split() -> None:
     first, second = split(batch)
     assert [i.key for i in first.items] == ["a", "b"]
     assert [i.key for i in second.items] == ["c", "d"]
+
+
+def test_long_prompts_are_not_padded_into_short_ones() -> None:
+    items = [item(f"s{n}", 10) for n in range(16)] + [item("l1", 500), item("l2", 480)]
+    batches = plan(items, max_batch_tokens=1_000_000, max_batch_size=64, step_cost=16)
+    assert sorted(sorted(i.key for i in b.items) for b in batches) == [
+        ["l1", "l2"],
+        [f"s{n}" for n in sorted(range(16), key=str)],
+    ]
+
+
+def test_a_high_step_cost_packs_everything_that_fits() -> None:
+    items = [item(f"s{n}", 10) for n in range(16)] + [item("l1", 500)]
+    (batch,) = plan(items, max_batch_tokens=1_000_000, max_batch_size=64, step_cost=100_000)
+    assert batch.rows == 17
+
+
+def test_plan_work_is_no_worse_than_greedy_packing() -> None:
+    items = [item(f"k{n}", (n * 37) % 211 + 5, new=32) for n in range(200)]
+    planned = plan(items, max_batch_tokens=20_000, max_batch_size=32, step_cost=16)
+    greedy = [sorted(items, key=lambda i: i.prompt_tokens)[n : n + 32] for n in range(0, 200, 32)]
+
+    def work(batches: list[list[PlanItem]]) -> int:
+        return sum(
+            estimated_work(len(b), max(i.prompt_tokens for i in b), 32, 16) for b in batches
+        )
+
+    assert work([list(b.items) for b in planned]) < work(greedy)
