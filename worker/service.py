@@ -186,14 +186,19 @@ def run_claims(rt: Runtime, claims: Sequence[Claim]) -> int:
     fresh = [c for c in claims if c.attempts <= 1]
     suspects = [c for c in claims if c.attempts > 1]
     _release(rt, suspects[1:])
-    written = _execute(rt, fresh)
+    alone = {c.request_id: c for c in suspects[:1]}
+    written = _execute(rt, fresh, waiting=alone)  # its lease is kept while the others run
     if rt.stopping.is_set():
-        _release(rt, suspects[:1])
+        _release(rt, list(alone.values()))
         return written
-    return written + _execute(rt, suspects[:1])
+    return written + _execute(rt, list(alone.values()))
 
 
-def _execute(rt: Runtime, claims: Sequence[Claim]) -> int:
+def _execute(
+    rt: Runtime, claims: Sequence[Claim], *, waiting: dict[str, Claim] | None = None
+) -> int:
+    """Run ``claims`` through the engine, writing batch by batch. ``waiting`` claims run
+    later; their leases are renewed with these (one lost meanwhile is dropped from it)."""
     held = {c.request_id: c for c in claims}
     requests: list[GenRequest] = []
     invalid: list[GenResult] = []
@@ -214,6 +219,8 @@ def _execute(rt: Runtime, claims: Sequence[Claim]) -> int:
         for report in reports:
             if time.monotonic() - renewed_at > rt.settings.lease_seconds * RENEW_FRACTION:
                 _renew(rt, held, exclude=report.keys)
+                if waiting:
+                    _renew(rt, waiting, exclude=())
                 renewed_at = time.monotonic()
             written += _write(rt, held, report.results, report=report)
             if rt.on_batch is not None:
@@ -257,7 +264,7 @@ def _write(
                     prompt_efficiency=report.prompt_efficiency,
                     seconds=report.seconds,
                     request_ids=report.keys,
-                    refused=done.count(False),
+                    refused=len(results) - sum(done),
                 ),
                 now=now,
             )

@@ -122,8 +122,8 @@ class ReapReport:
 
 @dataclass(frozen=True)
 class BatchRecord:
-    """One generate call as a worker ran it; ``refused`` counts outcomes the store turned
-    down because another claim had taken the request over."""
+    """One generate call as a worker ran it; ``refused`` counts outcomes not written because
+    the claim was no longer the worker's (taken over after its lease ran out, or cancelled)."""
 
     worker_id: str
     model: str

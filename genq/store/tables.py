@@ -187,5 +187,5 @@ class Batch(Base):
     prompt_efficiency: Mapped[float] = mapped_column(Float)  # real / padded prompt tokens
     seconds: Mapped[float] = mapped_column(Float)
     request_ids: Mapped[list[str]] = mapped_column(JSON)
-    refused: Mapped[int] = mapped_column(Integer)  # outcomes refused: stale claims
+    refused: Mapped[int] = mapped_column(Integer)  # outcomes not written: claims lost meanwhile
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
