@@ -22,6 +22,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -189,3 +190,65 @@ class Batch(Base):
     request_ids: Mapped[list[str]] = mapped_column(JSON)
     refused: Mapped[int] = mapped_column(Integer)  # outcomes not written: claims lost meanwhile
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ApiKey(Base):
+    """An API key, stored as its SHA-256 only; the key itself is shown once, at creation."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(MAX_NAME_LENGTH))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))  # shown in listings, never enough to use
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class File(Base):
+    """An uploaded or generated file of the OpenAI-compatible files API."""
+
+    __tablename__ = "files"
+    __table_args__ = (Index(None, "tenant", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(MAX_NAME_LENGTH))
+    purpose: Mapped[str] = mapped_column(String(32))
+    filename: Mapped[str] = mapped_column(String(MAX_CUSTOM_ID_LENGTH))
+    bytes: Mapped[int] = mapped_column(Integer)
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class OpenAIBatch(Base):
+    """An OpenAI-compatible batch: a job plus the lifecycle fields OpenAI's clients expect."""
+
+    __tablename__ = "openai_batches"
+    __table_args__ = (Index(None, "tenant", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(MAX_NAME_LENGTH))
+    job_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    endpoint: Mapped[str] = mapped_column(String(64))
+    input_file_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    completion_window: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON(none_as_null=True))
+    # Per-line validation errors: [{"code", "message", "param", "line"}].
+    errors: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON(none_as_null=True))
+    output_file_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    error_file_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    invalid: Mapped[int] = mapped_column(Integer)  # input lines refused at validation
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # status reached its end
+
+
+class WorkerHeartbeat(Base):
+    """The last sign of life of each worker, for the live-workers gauge."""
+
+    __tablename__ = "worker_heartbeats"
+
+    worker_id: Mapped[str] = mapped_column(String(MAX_NAME_LENGTH), primary_key=True)
+    model: Mapped[str] = mapped_column(String(MAX_NAME_LENGTH))
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
