@@ -44,3 +44,15 @@ class JobNotFound(GenqError):
 
 class IllegalTransition(Conflict):
     """A status change the state machine does not allow (cancelling a completed job, say)."""
+
+
+class Unauthorized(GenqError):
+    """No API key, or one that is unknown or revoked."""
+
+    status_code = 401
+
+
+class NotFound(GenqError):
+    """No such file or batch for this tenant (another tenant's reads as missing)."""
+
+    status_code = 404
