@@ -96,7 +96,7 @@ class CeleryPublisher:
 
 def submit_job(
     sessions: sessionmaker[Session],
-    publisher: Publisher,
+    publisher: Publisher | None,
     *,
     tenant: str,
     model: str,
@@ -106,7 +106,9 @@ def submit_job(
     settings: Settings | None = None,
 ) -> str:
     """Validate and store a job with its requests (one transaction, bulk inserts), then announce
-    them. Returns the job id once it is stored, whether or not the queue took the messages."""
+    them. Returns the job id once it is stored, whether or not the queue took the messages.
+    With no publisher (the embedded mode, whose worker claims straight from the database) the
+    job is only stored."""
     check_name("model", model)
     check_name("tenant", tenant)
     with sessions.begin() as session:
@@ -118,7 +120,8 @@ def submit_job(
             requests=requests,
             metadata=metadata,
         )
-    announce(sessions, publisher, job_id=job_id, settings=settings)
+    if publisher is not None:
+        announce(sessions, publisher, job_id=job_id, settings=settings)
     return job_id
 
 

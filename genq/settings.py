@@ -45,6 +45,13 @@ DEFAULT_VISIBILITY_TIMEOUT = 3600.0
 planning window takes to run."""
 
 
+DEFAULT_MAX_JOB_REQUESTS = 50_000
+"""Most requests one job (or OpenAI batch) may hold."""
+
+DEFAULT_MAX_BODY_BYTES = 200 * 1024 * 1024
+"""Largest HTTP request body the API reads (counted on the bytes received); larger answers 413."""
+
+
 def _default_database_url() -> str:
     return f"sqlite:///{Path(user_data_dir('genq')) / 'genq.db'}"
 
@@ -69,6 +76,8 @@ class Settings(BaseSettings):
     message_size: int = Field(default=DEFAULT_MESSAGE_SIZE, ge=1)
     buffer_seconds: float = Field(default=DEFAULT_BUFFER_SECONDS, ge=0)
     visibility_timeout: float = Field(default=DEFAULT_VISIBILITY_TIMEOUT, gt=0)
+    max_job_requests: int = Field(default=DEFAULT_MAX_JOB_REQUESTS, ge=1)
+    max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1)
 
 
 @lru_cache(maxsize=1)
