@@ -139,3 +139,55 @@ def reconcile(
         if once:
             return
         time.sleep(settings.reconcile_seconds)
+
+
+keys_app = typer.Typer(help="API keys: bearer tokens bound to a tenant.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+def keys_create(tenant: Annotated[str, typer.Option(help="the tenant the key acts for")]) -> None:
+    """Create an API key for TENANT and print it (it is stored hashed: shown this once)."""
+    from genq.auth import create_key
+    from genq.store import make_engine, session_factory
+
+    settings = get_settings()
+    sessions = session_factory(make_engine(settings.database_url))
+    try:
+        with sessions.begin() as session:
+            key = create_key(session, tenant=tenant)
+    except GenqError as exc:
+        raise _fail(exc) from None
+    typer.echo(key)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8000,
+    tenant: Annotated[str, typer.Option(help="tenant of the key printed at start")] = "default",
+) -> None:
+    """The embedded service: the HTTP API and an in-process worker on the SQLite database at
+    GENQ_DATABASE_URL, no Redis. Prints an API key to use."""
+    from api.serve import serve_embedded
+
+    serve_embedded(get_settings(), host=host, port=port, tenant=tenant)
+
+
+@app.command()
+def api(
+    host: Annotated[str, typer.Option()] = "0.0.0.0",
+    port: Annotated[int, typer.Option()] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="API processes")] = 1,
+) -> None:
+    """The HTTP API alone (distributed mode): jobs go to PostgreSQL and Redis, workers run them."""
+    import uvicorn
+
+    uvicorn.run(
+        "api.app:create_distributed_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="info",
+    )
