@@ -1,0 +1,91 @@
+"""The native jobs API: submit, read, list, page results, cancel."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query
+from fastapi.responses import StreamingResponse
+
+from api.deps import ContextDep, SessionDep, TenantDep
+from api.schemas import JobCreate
+from genq import service
+from genq.store import cancel_job, get_job
+from genq.store.views import finished_prefix, list_jobs
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+MAX_PAGE = 1000
+
+
+@router.post("", status_code=202)
+def create(body: JobCreate, tenant: TenantDep, context: ContextDep) -> dict[str, Any]:
+    job_id = service.submit(
+        context.sessions,
+        context.publisher,
+        context.settings,
+        tenant=tenant,
+        model=body.model,
+        params=body.params,
+        requests=[r.new() for r in body.requests],
+        metadata=body.metadata,
+    )
+    with context.sessions.begin() as session:
+        return service.job_public(get_job(session, tenant=tenant, job_id=job_id))
+
+
+@router.get("")
+def index(
+    session: SessionDep,
+    tenant: TenantDep,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> dict[str, Any]:
+    jobs = list_jobs(session, tenant=tenant, after=after, limit=limit + 1)
+    data = [service.job_public(j) for j in jobs[:limit]]
+    return {
+        "object": "list",
+        "data": data,
+        "has_more": len(jobs) > limit,
+        "last_id": data[-1]["id"] if data else None,
+    }
+
+
+@router.get("/{job_id}")
+def read(job_id: str, session: SessionDep, tenant: TenantDep) -> dict[str, Any]:
+    return service.job_public(get_job(session, tenant=tenant, job_id=job_id))
+
+
+@router.get("/{job_id}/results", response_model=None)
+def results(
+    job_id: str,
+    tenant: TenantDep,
+    context: ContextDep,
+    after: Annotated[int, Query(ge=-1)] = -1,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+    format: Literal["json", "jsonl"] = "json",
+) -> dict[str, Any] | StreamingResponse:
+    """``json``: a page of finished results in input order after position ``after`` (up to the
+    first one still running); ``next`` is the cursor for the next page. ``jsonl``: every
+    finished result, streamed in input order."""
+    with context.sessions.begin() as session:
+        job = get_job(session, tenant=tenant, job_id=job_id)
+        if format == "json":
+            rows = finished_prefix(session, job_id=job_id, after_idx=after, limit=limit)
+    if format == "jsonl":
+        lines = service.jsonl_lines(service.all_results(context.sessions, job_id=job_id))
+        return StreamingResponse(lines, media_type="application/jsonl")
+    nxt = rows[-1].idx if rows else after
+    more = not job.status.is_terminal or len(rows) == limit
+    return {
+        "object": "list",
+        "job_status": str(job.status),
+        "data": [service.result_public(r) for r in rows],
+        "next": nxt,
+        "has_more": more and (len(rows) == limit or nxt + 1 < job.total),
+    }
+
+
+@router.post("/{job_id}/cancel")
+def cancel(job_id: str, session: SessionDep, tenant: TenantDep) -> dict[str, Any]:
+    return service.job_public(cancel_job(session, tenant=tenant, job_id=job_id))

@@ -1,0 +1,136 @@
+"""What the native jobs API does, as plain functions: submit a job, describe it with progress,
+page through its results. The HTTP layer (api/) parses and calls these."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from genq.errors import InvalidRequest
+from genq.modelnames import check_model
+from genq.params import parse_params
+from genq.producer import Publisher, submit_job
+from genq.settings import Settings
+from genq.store import JobInfo, NewRequest, ResultRow, list_results
+from genq.store.tables import utcnow
+from genq.store.views import live_workers
+
+LIVE_SECONDS = 60.0
+"""A worker heard from this recently counts as live (for /metrics and model names)."""
+
+
+def submit(
+    sessions: sessionmaker[Session],
+    publisher: Publisher | None,
+    settings: Settings,
+    *,
+    tenant: str,
+    model: str | None,
+    params: dict[str, Any] | None,
+    requests: Sequence[NewRequest],
+    metadata: dict[str, Any] | None = None,
+) -> str:
+    """Check a native job (size cap, parameters, model) and store it; returns its id. Nothing
+    is written unless every check passes."""
+    if not requests:
+        raise InvalidRequest("requests", "a job needs at least one request")
+    if len(requests) > settings.max_job_requests:
+        raise InvalidRequest(
+            "requests", f"at most {settings.max_job_requests} requests per job, got {len(requests)}"
+        )
+    parsed = parse_params(params)
+    name = model or settings.default_model
+    with sessions.begin() as session:
+        served = frozenset(live_workers(session, within_seconds=LIVE_SECONDS))
+    check_model(name, settings, served=served)
+    return submit_job(
+        sessions,
+        publisher,
+        tenant=tenant,
+        model=name,
+        params=parsed,
+        requests=requests,
+        metadata=metadata,
+        settings=settings,
+    )
+
+
+def job_public(job: JobInfo, *, now: datetime | None = None) -> dict[str, Any]:
+    """A job as clients read it: counts, progress, tokens, and throughput and an ETA while it
+    runs (from the rate since it started)."""
+    now = now or utcnow()
+    done = job.succeeded + job.failed + job.cancelled
+    elapsed = ((job.finished_at or now) - job.started_at).total_seconds() if job.started_at else 0
+    rate = done / elapsed if elapsed > 0 else 0.0
+    running = not job.status.is_terminal
+    return {
+        "id": job.id,
+        "object": "job",
+        "model": job.model,
+        "status": str(job.status),
+        "params": job.params,
+        "metadata": job.metadata,
+        "counts": {
+            "total": job.total,
+            "succeeded": job.succeeded,
+            "failed": job.failed,
+            "cancelled": job.cancelled,
+        },
+        "progress": done / job.total if job.total else 1.0,
+        "created_at": job.created_at.isoformat(),
+        "started_at": job.started_at.isoformat() if job.started_at else None,
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+        "usage": {
+            "prompt_tokens": job.prompt_tokens,
+            "completion_tokens": job.completion_tokens,
+        },
+        "throughput": {
+            "requests_per_second": round(rate, 3),
+            "tokens_per_second": round(job.completion_tokens / elapsed, 3) if elapsed > 0 else 0,
+        },
+        "eta_seconds": round((job.total - done) / rate, 1) if running and rate > 0 else None,
+    }
+
+
+def result_public(row: ResultRow) -> dict[str, Any]:
+    first = row.choices[0] if row.choices else None
+    return {
+        "idx": row.idx,
+        "custom_id": row.custom_id,
+        "status": str(row.status),
+        "text": first.text if first else None,
+        "finish_reason": first.finish_reason if first else None,
+        "choices": [
+            {
+                "text": c.text,
+                "finish_reason": c.finish_reason,
+                "completion_tokens": c.completion_tokens,
+            }
+            for c in row.choices
+        ],
+        "usage": {"prompt_tokens": row.prompt_tokens, "completion_tokens": row.completion_tokens},
+        "error": row.error,
+    }
+
+
+def all_results(
+    sessions: sessionmaker[Session], *, job_id: str, page: int = 1000
+) -> Iterator[ResultRow]:
+    """Every finished result of a job in input order, a page per transaction."""
+    after = -1
+    while True:
+        with sessions.begin() as session:
+            rows = list_results(session, job_id=job_id, after_idx=after, limit=page)
+        yield from rows
+        if len(rows) < page:
+            return
+        after = rows[-1].idx
+
+
+def jsonl_lines(rows: Iterator[ResultRow]) -> Iterator[bytes]:
+    for row in rows:
+        yield json.dumps(result_public(row)).encode() + b"\n"

@@ -1,0 +1,54 @@
+"""Files of the OpenAI-compatible API: batch inputs uploaded by clients, outputs genq writes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import insert, select
+from sqlalchemy.orm import Session
+
+from genq.errors import NotFound
+from genq.store.tables import File, new_id, utcnow
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    id: str
+    tenant: str
+    purpose: str
+    filename: str
+    bytes: int
+    created_at: datetime
+
+
+def create_file(
+    session: Session,
+    *,
+    tenant: str,
+    purpose: str,
+    filename: str,
+    content: bytes,
+    now: datetime | None = None,
+) -> FileInfo:
+    info = FileInfo(new_id("file"), tenant, purpose, filename[:256], len(content), now or utcnow())
+    session.execute(insert(File).values(**vars(info), content=content))
+    return info
+
+
+def get_file(session: Session, *, tenant: str, file_id: str) -> FileInfo:
+    row = session.execute(
+        select(
+            File.id, File.tenant, File.purpose, File.filename, File.bytes, File.created_at
+        ).where(File.id == file_id, File.tenant == tenant)
+    ).one_or_none()
+    if row is None:
+        raise NotFound(f"no file {file_id}")
+    return FileInfo(*row)
+
+
+def file_content(session: Session, *, tenant: str, file_id: str) -> bytes:
+    content = session.scalar(select(File.content).where(File.id == file_id, File.tenant == tenant))
+    if content is None:
+        raise NotFound(f"no file {file_id}")
+    return content

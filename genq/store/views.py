@@ -1,0 +1,100 @@
+"""Reads the HTTP API needs beyond a single job: job lists, results readable while a job runs,
+models with work waiting, counts for metrics, worker heartbeats."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy.orm import Session
+
+from genq.store.jobs import get_job, list_results
+from genq.store.records import JobInfo, ResultRow
+from genq.store.status import RequestStatus
+from genq.store.tables import Job, Request, WorkerHeartbeat, utcnow
+
+_OPEN = (RequestStatus.QUEUED, RequestStatus.RUNNING)
+
+
+def list_jobs(
+    session: Session, *, tenant: str, after: str | None = None, limit: int = 20
+) -> list[JobInfo]:
+    """The tenant's jobs, newest first, after job id ``after`` (a cursor from a previous page;
+    one of another tenant, or unknown, reads as missing)."""
+    query = select(Job.id).where(Job.tenant == tenant)
+    if after is not None:
+        cursor = get_job(session, tenant=tenant, job_id=after)
+        query = query.where(
+            or_(
+                Job.created_at < cursor.created_at,
+                and_(Job.created_at == cursor.created_at, Job.id < cursor.id),
+            )
+        )
+    ids = session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit))
+    return [get_job(session, tenant=tenant, job_id=job_id) for job_id in ids]
+
+
+def finished_prefix(
+    session: Session, *, job_id: str, after_idx: int = -1, limit: int = 1000
+) -> list[ResultRow]:
+    """Finished results in input order from ``after_idx + 1``, up to the first request still
+    open: a client paging with the last idx as its cursor sees every result exactly once, even
+    while the job runs (results finish out of order)."""
+    first_open = session.scalar(
+        select(func.min(Request.idx)).where(
+            Request.job_id == job_id, Request.idx > after_idx, Request.status.in_(_OPEN)
+        )
+    )
+    rows = list_results(session, job_id=job_id, after_idx=after_idx, limit=limit)
+    return rows if first_open is None else [r for r in rows if r.idx < first_open]
+
+
+def models_with_work(session: Session, *, now: datetime | None = None) -> list[str]:
+    """Models with claimable requests: queued, or running under an expired lease."""
+    now = now or utcnow()
+    claimable = or_(
+        Request.status == RequestStatus.QUEUED,
+        and_(Request.status == RequestStatus.RUNNING, Request.lease_expires_at < now),
+    )
+    return list(session.scalars(select(Request.model).where(claimable).distinct()))
+
+
+def queue_depths(session: Session) -> dict[str, int]:
+    rows = session.execute(
+        select(Request.model, func.count())
+        .where(Request.status == RequestStatus.QUEUED)
+        .group_by(Request.model)
+    )
+    return {model: count for model, count in rows}
+
+
+def request_counts(session: Session) -> dict[str, int]:
+    rows = session.execute(select(Request.status, func.count()).group_by(Request.status))
+    return {str(status): count for status, count in rows}
+
+
+def heartbeat(session: Session, *, worker_id: str, model: str, now: datetime | None = None) -> None:
+    """Record that ``worker_id`` is alive now."""
+    now = now or utcnow()
+    moved = session.execute(
+        update(WorkerHeartbeat)
+        .where(WorkerHeartbeat.worker_id == worker_id)
+        .values(seen_at=now, model=model)
+    )
+    if not moved.rowcount:  # type: ignore[attr-defined]
+        session.execute(
+            insert(WorkerHeartbeat).values(worker_id=worker_id, model=model, seen_at=now)
+        )
+
+
+def live_workers(
+    session: Session, *, within_seconds: float, now: datetime | None = None
+) -> dict[str, int]:
+    """Workers per model whose last heartbeat is at most ``within_seconds`` old."""
+    since = (now or utcnow()) - timedelta(seconds=within_seconds)
+    rows = session.execute(
+        select(WorkerHeartbeat.model, func.count())
+        .where(WorkerHeartbeat.seen_at >= since)
+        .group_by(WorkerHeartbeat.model)
+    )
+    return {model: count for model, count in rows}
