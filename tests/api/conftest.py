@@ -1,0 +1,79 @@
+"""API fixtures: an app over a fresh upgraded SQLite database, keys for two tenants, and the
+embedded worker on tiny-gpt2 (started on demand), all in process."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from api.context import Context
+from genq.auth import create_key
+from genq.settings import Settings
+from genq.store import make_engine, session_factory, upgrade
+from tests.worker.conftest import tiny, tiny_cache
+from worker.models import LoadedModel
+from worker.poller import Poller
+
+__all__ = ["tiny", "tiny_cache"]
+
+
+@dataclass
+class Service:
+    context: Context
+    client: TestClient
+    keys: dict[str, str]
+    start_worker: Callable[[], Poller]
+
+    def as_(self, tenant: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.keys[tenant]}"}
+
+
+@pytest.fixture
+def make_service(tmp_path: Path, tiny_cache: Path) -> Iterator[Callable[..., Service]]:
+    """Factory: ``make_service(**settings)`` -> a Service with tenants ``a`` and ``b``."""
+    pollers: list[Poller] = []
+    clients: list[TestClient] = []
+
+    def make(**overrides: object) -> Service:
+        url = f"sqlite:///{tmp_path / f'api-{len(clients)}.db'}"
+        upgrade(url)
+        options: dict[str, object] = {
+            "database_url": url,
+            "model_cache": tiny_cache,
+            "default_model": "tiny-gpt2",
+            "buffer_seconds": 0.0,
+            "device": "cpu",
+        }
+        settings = Settings(**{**options, **overrides})
+        engine = make_engine(url)
+        context = Context(settings, session_factory(engine), None)
+        with context.sessions.begin() as session:
+            keys = {t: create_key(session, tenant=t) for t in ("a", "b")}
+        client = TestClient(create_app(context))
+        clients.append(client)
+
+        def start_worker() -> Poller:
+            poller = Poller(settings, context.sessions, poll_seconds=0.05)
+            pollers.append(poller)
+            poller.start()
+            return poller
+
+        return Service(context, client, keys, start_worker)
+
+    yield make
+    for poller in pollers:
+        poller.stop()
+        poller.join(timeout=60)
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
+def service(make_service: Callable[..., Service], tiny: LoadedModel) -> Service:
+    """A service with the tiny model built (workers only load it)."""
+    return make_service()
