@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from genq.errors import GenqError, InvalidRequest
+from genq.errors import GenqError, InvalidRequest, ModelNotFound
 
 TYPES = {401: "authentication_error", 404: "not_found_error", 409: "conflict_error"}
 
@@ -33,6 +33,8 @@ def field_name(loc: tuple[Any, ...] | list[Any]) -> str:
 def _genq(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, GenqError)
     param = exc.field or None if isinstance(exc, InvalidRequest) else None
+    if isinstance(exc, ModelNotFound):
+        param = "model"
     return error_response(exc.status_code, str(exc), param=param)
 
 
@@ -43,8 +45,9 @@ def _validation(_request: Request, exc: Exception) -> JSONResponse:
     field = field_name(loc)
     message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
     if err.get("type") == "json_invalid":
-        field, message = "body", f"malformed JSON: {err.get('ctx', {}).get('error', message)}"
-    elif err.get("type") == "extra_forbidden":
+        detail = err.get("ctx", {}).get("error", message)
+        return error_response(400, f"body: malformed JSON: {detail}", param="body")
+    if err.get("type") == "extra_forbidden":
         message = "unknown field"
     return error_response(422, f"{field}: {message}", param=field)
 
