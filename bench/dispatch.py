@@ -1,7 +1,7 @@
 """Queue benchmark: what the distributed path costs over the engine alone, and how many requests
 a second the claim -> write loop moves.
 
-    python bench/queue.py [--model smollm2-135m] [--count 128] [--max-new-tokens 64]
+    python bench/dispatch.py [--model smollm2-135m] [--count 128] [--max-new-tokens 64]
                           [--dispatch-count 4000]
 
 1. The same prompts, greedy, through the engine in this process, then through submit -> Redis
