@@ -1,0 +1,59 @@
+"""OpenAI-compatible batches: create from an uploaded file, read, list, cancel."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.deps import ContextDep, SessionDep, TenantDep
+from genq import openai_batches
+
+
+class BatchCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    input_file_id: str = Field(min_length=1, max_length=64)
+    endpoint: str
+    completion_window: str
+    metadata: dict[str, str] | None = Field(default=None, max_length=16)
+
+
+router = APIRouter(prefix="/v1/batches", tags=["batches"])
+
+
+@router.post("")
+def create(body: BatchCreate, tenant: TenantDep, context: ContextDep) -> dict[str, Any]:
+    batch_id = openai_batches.create_batch(
+        context.sessions,
+        context.publisher,
+        context.settings,
+        tenant=tenant,
+        input_file_id=body.input_file_id,
+        endpoint=body.endpoint,
+        completion_window=body.completion_window,
+        metadata=body.metadata,
+    )
+    with context.sessions.begin() as session:
+        return openai_batches.refresh(session, tenant=tenant, batch_id=batch_id)
+
+
+@router.get("")
+def index(
+    session: SessionDep,
+    tenant: TenantDep,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> dict[str, Any]:
+    return openai_batches.list_batches(session, tenant=tenant, after=after, limit=limit)
+
+
+@router.get("/{batch_id}")
+def read(batch_id: str, session: SessionDep, tenant: TenantDep) -> dict[str, Any]:
+    return openai_batches.refresh(session, tenant=tenant, batch_id=batch_id)
+
+
+@router.post("/{batch_id}/cancel")
+def cancel(batch_id: str, session: SessionDep, tenant: TenantDep) -> dict[str, Any]:
+    return openai_batches.cancel(session, tenant=tenant, batch_id=batch_id)

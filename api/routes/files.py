@@ -1,0 +1,48 @@
+"""OpenAI-compatible files: upload a batch input, read a file's record or its content."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Form, UploadFile
+from fastapi.responses import Response
+
+from api.deps import SessionDep, TenantDep
+from genq.errors import InvalidRequest
+from genq.openai_batches import file_public
+from genq.store.files import create_file, file_content
+
+router = APIRouter(prefix="/v1/files", tags=["files"])
+
+
+@router.post("")
+def upload(
+    session: SessionDep,
+    tenant: TenantDep,
+    file: Annotated[UploadFile, File()],
+    purpose: Annotated[str, Form()],
+) -> dict[str, Any]:
+    if purpose != "batch":
+        raise InvalidRequest("purpose", "only 'batch' is supported")
+    content = file.file.read()
+    if not content:
+        raise InvalidRequest("file", "the file is empty")
+    info = create_file(
+        session,
+        tenant=tenant,
+        purpose=purpose,
+        filename=file.filename or "input.jsonl",
+        content=content,
+    )
+    return file_public(session, tenant=tenant, file_id=info.id)
+
+
+@router.get("/{file_id}")
+def read(file_id: str, session: SessionDep, tenant: TenantDep) -> dict[str, Any]:
+    return file_public(session, tenant=tenant, file_id=file_id)
+
+
+@router.get("/{file_id}/content")
+def content(file_id: str, session: SessionDep, tenant: TenantDep) -> Response:
+    data = file_content(session, tenant=tenant, file_id=file_id)
+    return Response(data, media_type="application/octet-stream")

@@ -1,0 +1,381 @@
+"""OpenAI-compatible batches over genq jobs: an uploaded JSONL file becomes one job (its valid
+lines; invalid ones are listed in ``errors`` and the error file), and the batch moves through
+OpenAI's statuses as its job does. Output and error files are written once, when the job ends,
+by whichever read sees it end first (a conditional update makes that exactly one)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from genq.batchlines import ENDPOINTS, Line, parse_line, render
+from genq.errors import Conflict, InvalidRequest, ModelNotFound, NotFound
+from genq.modelnames import check_model
+from genq.producer import Publisher, submit_job
+from genq.settings import Settings
+from genq.store import JobStatus, NewRequest, RequestStatus, cancel_job, get_job, list_results
+from genq.store.files import create_file, file_content, get_file
+from genq.store.tables import OpenAIBatch, new_id, utcnow
+
+WINDOWS = {"24h": timedelta(hours=24)}
+BATCH_TAG = "openai_batch"
+OPEN = ("in_progress", "cancelling", "expiring")  # "expiring" reads as "finalizing"
+_ENDED = {JobStatus.COMPLETED: "completed", JobStatus.CANCELLED: "cancelled"}
+
+
+@dataclass(frozen=True)
+class Parsed:
+    requests: list[NewRequest]
+    lines: list[Line]
+    errors: list[dict[str, Any]]
+    model: str | None
+
+
+def parse_input(content: bytes, *, endpoint: str, settings: Settings) -> Parsed:
+    """Valid lines become requests; each bad one an error naming its line and field."""
+    requests, lines, errors, model = [], [], [], None
+    try:
+        text = content.decode()
+    except UnicodeDecodeError:
+        raise InvalidRequest("input_file_id", "the file is not UTF-8 text") from None
+    for number, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        line = parse_line(raw, number - 1)
+        body_model = _body_model(raw)
+        if line.error is None and raw and json.loads(raw).get("url") != endpoint:
+            line = Line(
+                line.index,
+                line.custom_id,
+                line.form,
+                error=InvalidRequest("url", f"must be the batch's endpoint {endpoint}"),
+            )
+        if line.error is None and body_model is not None:
+            try:
+                check_model(body_model, settings)
+                if model is not None and body_model != model:
+                    raise InvalidRequest("body.model", f"a batch runs one model ({model})")
+            except (ModelNotFound, InvalidRequest) as exc:
+                err = (
+                    exc
+                    if isinstance(exc, InvalidRequest)
+                    else InvalidRequest("body.model", str(exc))
+                )
+                line = Line(line.index, line.custom_id, line.form, error=err)
+            else:
+                model = body_model
+        if line.error is not None:
+            errors.append(
+                {
+                    "code": "invalid_request",
+                    "message": str(line.error),
+                    "param": line.error.field or None,
+                    "line": number,
+                    "custom_id": line.custom_id,
+                }
+            )
+            lines.append(line)
+            continue
+        lines.append(line)
+        requests.append(
+            NewRequest(
+                custom_id=line.custom_id,
+                prompt=line.prompt,
+                messages=line.messages,
+                params=line.params,
+            )
+        )
+    if len(requests) + len(errors) > settings.max_job_requests:
+        raise InvalidRequest(
+            "input_file_id", f"at most {settings.max_job_requests} lines per batch"
+        )
+    if not lines:
+        raise InvalidRequest("input_file_id", "the file holds no lines")
+    return Parsed(requests, lines, errors, model)
+
+
+def _body_model(raw: str) -> str | None:
+    try:
+        body = json.loads(raw).get("body")
+    except (json.JSONDecodeError, AttributeError):
+        return None
+    value = body.get("model") if isinstance(body, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def create_batch(
+    sessions: sessionmaker[Session],
+    publisher: Publisher | None,
+    settings: Settings,
+    *,
+    tenant: str,
+    input_file_id: str,
+    endpoint: str,
+    completion_window: str,
+    metadata: dict[str, str] | None = None,
+) -> str:
+    if endpoint not in ENDPOINTS:
+        raise InvalidRequest("endpoint", f"must be one of {', '.join(ENDPOINTS)}")
+    if completion_window not in WINDOWS:
+        raise InvalidRequest("completion_window", f"must be one of {', '.join(WINDOWS)}")
+    with sessions.begin() as session:
+        try:
+            content = file_content(session, tenant=tenant, file_id=input_file_id)
+        except NotFound:
+            raise InvalidRequest("input_file_id", f"no file {input_file_id}") from None
+    parsed = parse_input(content, endpoint=endpoint, settings=settings)
+    batch_id = new_id("batch")
+    job_id = None
+    if parsed.requests:
+        first = parsed.requests[0].params
+        assert first is not None
+        job_id = submit_job(
+            sessions,
+            publisher,
+            tenant=tenant,
+            model=parsed.model or settings.default_model,
+            params=first,
+            requests=parsed.requests,
+            metadata={BATCH_TAG: batch_id},
+            settings=settings,
+        )
+    now = utcnow()
+    with sessions.begin() as session:
+        session.execute(
+            insert(OpenAIBatch).values(
+                id=batch_id,
+                tenant=tenant,
+                job_id=job_id,
+                endpoint=endpoint,
+                input_file_id=input_file_id,
+                completion_window=completion_window,
+                status="in_progress" if job_id else "failed",
+                metadata_=metadata,
+                errors=parsed.errors or None,
+                output_file_id=None,
+                error_file_id=None,
+                invalid=len(parsed.errors),
+                created_at=now,
+                expires_at=now + WINDOWS[completion_window],
+                ended_at=None if job_id else now,
+            )
+        )
+    return batch_id
+
+
+def _row(session: Session, tenant: str, batch_id: str) -> OpenAIBatch:
+    row = session.execute(
+        select(OpenAIBatch).where(OpenAIBatch.id == batch_id, OpenAIBatch.tenant == tenant),
+        execution_options={"populate_existing": True},
+    ).scalar_one_or_none()
+    if row is None:
+        raise NotFound(f"no batch {batch_id}")
+    return row
+
+
+def refresh(
+    session: Session, *, tenant: str, batch_id: str, now: datetime | None = None
+) -> dict[str, Any]:
+    """The batch as OpenAI clients read it, after moving it on: expire it past its window
+    (its finished work kept), and write its files once its job has ended."""
+    now = now or utcnow()
+    row = _row(session, tenant, batch_id)
+    if row.status in OPEN and row.job_id is not None:
+        job = get_job(session, tenant=tenant, job_id=row.job_id)
+        if row.status == "in_progress" and now >= row.expires_at and not job.status.is_terminal:
+            job = cancel_job(session, tenant=tenant, job_id=row.job_id, now=now)
+            _move(session, row, "expiring")
+            row = _row(session, tenant, batch_id)
+        if job.status.is_terminal:
+            final = "expired" if row.status == "expiring" else _ENDED[job.status]
+            if _move(session, row, final, ended_at=now):
+                _write_files(session, row, final, now=now)
+        row = _row(session, tenant, batch_id)
+    return public(session, row)
+
+
+def _move(
+    session: Session, row: OpenAIBatch, status: str, *, ended_at: datetime | None = None
+) -> bool:
+    values: dict[str, Any] = {"status": status}
+    if ended_at is not None:
+        values["ended_at"] = ended_at
+    moved = session.execute(
+        update(OpenAIBatch)
+        .where(OpenAIBatch.id == row.id, OpenAIBatch.status == row.status)
+        .values(**values)
+        .returning(OpenAIBatch.id)
+    ).one_or_none()
+    return moved is not None
+
+
+def _write_files(session: Session, row: OpenAIBatch, final: str, *, now: datetime) -> None:
+    assert row.job_id is not None
+    form = ENDPOINTS[row.endpoint]
+    job = get_job(session, tenant=row.tenant, job_id=row.job_id)
+    out: list[str] = []
+    err: list[str] = [
+        json.dumps(
+            render(
+                Line(
+                    e["line"] - 1,
+                    e["custom_id"],
+                    form,
+                    error=InvalidRequest(e["param"] or "", e["message"]),
+                ),
+                model=job.model,
+                error=e["message"],
+            )
+        )
+        for e in row.errors or []
+    ]
+    after = -1
+    while True:
+        rows = list_results(session, job_id=row.job_id, after_idx=after, limit=1000)
+        for r in rows:
+            line = Line(r.idx, r.custom_id or f"line-{r.idx + 1}", form)
+            if r.status == RequestStatus.SUCCEEDED:
+                choices = [vars(c) for c in r.choices]
+                out.append(
+                    json.dumps(
+                        render(
+                            line, model=job.model, choices=choices, prompt_tokens=r.prompt_tokens
+                        )
+                    )
+                )
+            else:
+                code = {
+                    "cancelled": f"batch_{final}" if final != "completed" else "batch_cancelled"
+                }
+                err.append(
+                    json.dumps(
+                        {
+                            "id": new_id("batch_req"),
+                            "custom_id": line.custom_id,
+                            "response": None,
+                            "error": {
+                                "code": code.get(str(r.status), "generation_failed"),
+                                "message": r.error or f"not run: the batch was {final}",
+                            },
+                        }
+                    )
+                )
+        if len(rows) < 1000:
+            break
+        after = rows[-1].idx
+    ids: dict[str, Any] = {}
+    if out:
+        ids["output_file_id"] = create_file(
+            session,
+            tenant=row.tenant,
+            purpose="batch_output",
+            filename=f"{row.id}_output.jsonl",
+            content="\n".join(out).encode() + b"\n",
+            now=now,
+        ).id
+    if err:
+        ids["error_file_id"] = create_file(
+            session,
+            tenant=row.tenant,
+            purpose="batch_output",
+            filename=f"{row.id}_error.jsonl",
+            content="\n".join(err).encode() + b"\n",
+            now=now,
+        ).id
+    if ids:
+        session.execute(update(OpenAIBatch).where(OpenAIBatch.id == row.id).values(**ids))
+
+
+def cancel(session: Session, *, tenant: str, batch_id: str) -> dict[str, Any]:
+    row = _row(session, tenant, batch_id)
+    if row.status != "in_progress":
+        if row.status in ("cancelling", "cancelled"):
+            return refresh(session, tenant=tenant, batch_id=batch_id)
+        raise Conflict(f"a {row.status} batch cannot be cancelled")
+    assert row.job_id is not None
+    job = get_job(session, tenant=tenant, job_id=row.job_id)
+    if not job.status.is_terminal:
+        cancel_job(session, tenant=tenant, job_id=row.job_id)
+        _move(session, row, "cancelling")
+    return refresh(session, tenant=tenant, batch_id=batch_id)
+
+
+def list_batches(session: Session, *, tenant: str, after: str | None, limit: int) -> dict[str, Any]:
+    query = select(OpenAIBatch.id).where(OpenAIBatch.tenant == tenant)
+    if after is not None:
+        cursor = _row(session, tenant, after)
+        query = query.where(
+            or_(
+                OpenAIBatch.created_at < cursor.created_at,
+                and_(OpenAIBatch.created_at == cursor.created_at, OpenAIBatch.id < cursor.id),
+            )
+        )
+    ids = list(
+        session.scalars(
+            query.order_by(OpenAIBatch.created_at.desc(), OpenAIBatch.id.desc()).limit(limit + 1)
+        )
+    )
+    data = [refresh(session, tenant=tenant, batch_id=i) for i in ids[:limit]]
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": len(ids) > limit,
+    }
+
+
+def _ts(value: datetime | None) -> int | None:
+    return None if value is None else int(value.timestamp())
+
+
+def public(session: Session, row: OpenAIBatch) -> dict[str, Any]:
+    counts = {"total": row.invalid, "completed": 0, "failed": row.invalid}
+    if row.job_id is not None:
+        job = get_job(session, tenant=row.tenant, job_id=row.job_id)
+        counts["total"] += job.total
+        counts["completed"] = job.succeeded
+        counts["failed"] += job.failed + job.cancelled
+    status = "finalizing" if row.status == "expiring" else row.status
+    ended = _ts(row.ended_at)
+    return {
+        "id": row.id,
+        "object": "batch",
+        "endpoint": row.endpoint,
+        "errors": {"object": "list", "data": row.errors} if row.errors else None,
+        "input_file_id": row.input_file_id,
+        "completion_window": row.completion_window,
+        "status": status,
+        "output_file_id": row.output_file_id,
+        "error_file_id": row.error_file_id,
+        "created_at": _ts(row.created_at),
+        "in_progress_at": _ts(row.created_at) if row.job_id else None,
+        "expires_at": _ts(row.expires_at),
+        "finalizing_at": ended if status in ("completed", "expired") else None,
+        "completed_at": ended if status == "completed" else None,
+        "failed_at": ended if status == "failed" else None,
+        "expired_at": ended if status == "expired" else None,
+        "cancelling_at": None,
+        "cancelled_at": ended if status == "cancelled" else None,
+        "request_counts": counts,
+        "metadata": row.metadata_,
+    }
+
+
+def file_public(session: Session, *, tenant: str, file_id: str) -> dict[str, Any]:
+    info = get_file(session, tenant=tenant, file_id=file_id)
+    return {
+        "id": info.id,
+        "object": "file",
+        "bytes": info.bytes,
+        "created_at": _ts(info.created_at),
+        "filename": info.filename,
+        "purpose": info.purpose,
+        "status": "processed",
+        "status_details": None,
+    }
