@@ -1,0 +1,190 @@
+"""The official openai client, pointed at a live genq server with base_url, unchanged."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import uvicorn
+from sqlalchemy import update
+
+from api.app import create_app
+from genq.store.tables import OpenAIBatch, utcnow
+from tests.api.conftest import Service
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def live(service: Service) -> Iterator[Callable[[str], openai.OpenAI]]:
+    """A uvicorn server over the service's app; a factory of clients per tenant."""
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(service.context), host="127.0.0.1", port=port, log_level="error")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+    clients: list[openai.OpenAI] = []
+
+    def make(tenant: str) -> openai.OpenAI:
+        client = openai.OpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key=service.keys[tenant], max_retries=0
+        )
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+    server.should_exit = True
+    thread.join(timeout=20)
+
+
+def _lines(endpoint: str, count: int) -> bytes:
+    out = []
+    for i in range(count):
+        body: dict[str, Any] = {"model": "tiny-gpt2", "max_tokens": 3, "temperature": 0}
+        if endpoint == "/v1/chat/completions":
+            body["messages"] = [{"role": "user", "content": f"Say {i}"}]
+        else:
+            body["prompt"] = f"Count to {i}:"
+        out.append({"custom_id": f"c{i}", "method": "POST", "url": endpoint, "body": body})
+    # One bad line: validated alone, reported by line, the rest run.
+    out.append({"custom_id": "bad", "method": "POST", "url": endpoint, "body": {"top_k": 3}})
+    return "\n".join(json.dumps(o) for o in out).encode() + b"\n"
+
+
+def _wait(client: openai.OpenAI, batch_id: str, *, until: tuple[str, ...]) -> Any:
+    deadline = time.monotonic() + 60
+    while True:
+        batch = client.batches.retrieve(batch_id)
+        if batch.status in until:
+            return batch
+        assert time.monotonic() < deadline, batch
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("endpoint", ["/v1/completions", "/v1/chat/completions"])
+def test_upload_create_retrieve_list_download(
+    live: Callable[[str], openai.OpenAI], service: Service, tmp_path: Path, endpoint: str
+) -> None:
+    client = live("a")
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(_lines(endpoint, 3))
+    uploaded = client.files.create(file=path, purpose="batch")
+    assert uploaded.bytes == path.stat().st_size
+    assert client.files.retrieve(uploaded.id).filename == "in.jsonl"
+    assert client.files.content(uploaded.id).content == path.read_bytes()
+    batch = client.batches.create(
+        input_file_id=uploaded.id,
+        endpoint=endpoint,  # type: ignore[arg-type]
+        completion_window="24h",
+        metadata={"run": "t"},
+    )
+    assert batch.status == "in_progress"
+    assert batch.metadata == {"run": "t"}
+    assert batch.errors is not None and batch.errors.data is not None
+    assert [(e.line, e.param) for e in batch.errors.data] == [(4, "body.top_k")]
+    service.start_worker()
+    done = _wait(client, batch.id, until=("completed", "failed"))
+    assert done.status == "completed"
+    assert done.request_counts is not None
+    errors = [json.loads(x) for x in client.files.content(done.error_file_id).text.splitlines()]
+    assert errors[0]["custom_id"] == "bad"
+    assert "top_k" in errors[0]["response"]["body"]["error"]["message"]
+    if "chat" in endpoint:  # tiny-gpt2 has no chat template: each line fails alone, by the worker
+        assert (done.request_counts.completed, done.request_counts.failed) == (0, 4)
+        assert [e["error"]["code"] for e in errors[1:]] == ["generation_failed"] * 3
+        assert "no chat template" in errors[1]["error"]["message"]
+        assert done.output_file_id is None
+        return
+    assert (done.request_counts.total, done.request_counts.completed) == (4, 3)
+    assert done.request_counts.failed == 1
+    assert done.completed_at is not None and done.output_file_id and done.error_file_id
+    assert len(errors) == 1
+    output = [json.loads(x) for x in client.files.content(done.output_file_id).text.splitlines()]
+    assert [o["custom_id"] for o in output] == ["c0", "c1", "c2"]
+    assert all(o["response"]["status_code"] == 200 for o in output)
+    assert all(o["response"]["body"]["object"] == "text_completion" for o in output)
+    assert all(o["response"]["body"]["usage"]["completion_tokens"] == 3 for o in output)
+    listed = client.batches.list(limit=10)
+    assert [b.id for b in listed.data] == [batch.id]
+    assert live("b").batches.list().data == []
+    with pytest.raises(openai.NotFoundError):
+        live("b").batches.retrieve(batch.id)
+
+
+def test_cancel_and_list_pages(live: Callable[[str], openai.OpenAI], tmp_path: Path) -> None:
+    client = live("a")
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(_lines("/v1/completions", 2))
+    file_id = client.files.create(file=path, purpose="batch").id
+    ids = [
+        client.batches.create(
+            input_file_id=file_id, endpoint="/v1/completions", completion_window="24h"
+        ).id
+        for _ in range(3)
+    ]
+    cancelled = client.batches.cancel(ids[0])
+    assert cancelled.status == "cancelled"  # nothing was running: it settles at once
+    assert cancelled.request_counts is not None and cancelled.request_counts.failed == 3
+    assert cancelled.output_file_id is None and cancelled.error_file_id
+    # The SDK's auto-pagination follows after=last_id through our pages of 2.
+    assert [b.id for b in client.batches.list(limit=2)] == ids[::-1]
+    with pytest.raises(openai.UnprocessableEntityError) as bad:
+        client.batches.create(
+            input_file_id=file_id,
+            endpoint="/v1/embeddings",  # type: ignore[arg-type]
+            completion_window="24h",
+        )
+    assert "endpoint" in str(bad.value)
+
+
+def test_a_batch_past_its_window_expires_keeping_finished_work(
+    live: Callable[[str], openai.OpenAI], service: Service, tmp_path: Path
+) -> None:
+    from genq.store import Choice, Outcome, claim, complete_many
+
+    client = live("a")
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(_lines("/v1/completions", 3))
+    file_id = client.files.create(file=path, purpose="batch").id
+    batch = client.batches.create(
+        input_file_id=file_id, endpoint="/v1/completions", completion_window="24h"
+    )
+    with service.context.sessions.begin() as session:  # one request done before the deadline
+        [first] = claim(session, worker_id="w", model="tiny-gpt2", lease_seconds=60, limit=1)
+        ok = Outcome(choices=(Choice("done", "stop", 1),), prompt_tokens=2)
+        complete_many(session, items=[(first.request_id, first.fence, ok)])
+        session.execute(
+            update(OpenAIBatch)
+            .where(OpenAIBatch.id == batch.id)
+            .values(expires_at=utcnow() - timedelta(seconds=1))
+        )
+    expired = client.batches.retrieve(batch.id)
+    assert expired.status == "expired"
+    assert expired.expired_at is not None
+    assert expired.request_counts is not None
+    assert (expired.request_counts.completed, expired.request_counts.failed) == (1, 3)
+    assert expired.output_file_id is not None
+    output = client.files.content(expired.output_file_id).text.splitlines()
+    assert [json.loads(x)["custom_id"] for x in output] == ["c0"]
+    assert json.loads(output[0])["response"]["body"]["choices"][0]["text"] == "done"
+    errors = [json.loads(x) for x in client.files.content(expired.error_file_id).text.splitlines()]
+    assert sorted(e["error"]["code"] for e in errors if e["error"]) == ["batch_expired"] * 2
