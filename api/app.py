@@ -7,7 +7,7 @@ from fastapi import FastAPI
 from api import errors
 from api.context import Context, build_context
 from api.limits import BodyLimit
-from api.routes import batches, files, health, jobs
+from api.routes import batches, files, health, jobs, metrics
 from genq.settings import Settings, get_settings
 
 
@@ -19,7 +19,7 @@ def create_app(context: Context | None = None, *, distributed: bool = False) -> 
     app = FastAPI(title="genq", version="0.1.0")
     app.state.context = context
     errors.install(app)
-    for module in (health, jobs, files, batches):
+    for module in (health, metrics, jobs, files, batches):
         app.include_router(module.router)
     app.add_middleware(BodyLimit, max_bytes=context.settings.max_body_bytes)
     return app
