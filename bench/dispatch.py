@@ -25,10 +25,8 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-# Run as a script, this file's directory heads sys.path, where this file would shadow the
-# standard library's ``queue`` (kombu imports it). The repository root takes its place instead,
-# which also makes the tests' service helpers importable.
-sys.path[0] = str(Path(__file__).resolve().parents[1])
+# The repository root, where the tests' service helpers (redis-server, PostgreSQL) live.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from genq.params import GenerationParams  # noqa: E402
 from genq.settings import Settings, get_settings  # noqa: E402

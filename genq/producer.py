@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from genq.errors import InvalidRequest
@@ -170,21 +171,26 @@ def publish_announcements(
     *,
     message_size: int,
 ) -> int:
-    """Publish ``announcements`` in messages of at most ``message_size`` ids, then mark what
-    went out. The first failure stops it: the rest stay unannounced for the reconciler.
-    Returns how many requests were announced."""
-    sent: list[str] = []
-    try:
-        for message in chunked(announcements, message_size):
+    """Publish ``announcements`` in messages of at most ``message_size`` ids, marking each
+    message's requests as it goes out. The first failure stops it: the rest stay unannounced
+    for the reconciler. Returns how many requests were announced."""
+    sent = 0
+    for message in chunked(announcements, message_size):
+        try:
             publisher.publish(message)
-            sent.extend(message.request_ids)
-    except Exception as exc:  # noqa: BLE001 - whatever stops the queue, the work is stored
-        left = sum(len(a.request_ids) for a in announcements) - len(sent)
-        log.warning("queue unavailable, %d requests left to the reconciler: %s", left, exc)
-    if sent:
-        with sessions.begin() as session:
-            mark_announced(session, request_ids=sent)
-    return len(sent)
+        except Exception as exc:  # noqa: BLE001 - whatever stops the queue, the work is stored
+            left = sum(len(a.request_ids) for a in announcements) - sent
+            log.warning("queue unavailable, %d requests left to the reconciler: %s", left, exc)
+            break
+        sent += len(message.request_ids)
+        # Marked message by message: a short transaction, right behind the publish it records.
+        try:
+            with sessions.begin() as session:
+                mark_announced(session, request_ids=message.request_ids)
+        except SQLAlchemyError as exc:
+            # Out but not marked: announced again later, and a duplicate message is harmless.
+            log.warning("could not mark %d announced requests: %s", len(message.request_ids), exc)
+    return sent
 
 
 def chunked(announcements: Sequence[Announcement], size: int) -> Iterator[Announcement]:

@@ -37,7 +37,5 @@ def make_celery(settings: Settings) -> Celery:
         # Work in hand is finished (the store fences it) rather than cancelled on a lost link.
         worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_soft_shutdown_timeout=SOFT_SHUTDOWN_SECONDS,
-        worker_hijack_root_logger=False,
-        worker_redirect_stdouts=False,
     )
     return app

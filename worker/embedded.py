@@ -1,5 +1,5 @@
 """The embedded worker: the same claim, run and write as a Celery worker, but claiming straight
-from the database, with no queue. ``genq run`` uses it, and so does ``genq serve``."""
+from the database, with no queue. ``genq run`` drains its job with it."""
 
 from __future__ import annotations
 

@@ -80,15 +80,28 @@ def _grouped(rows: Sequence[Row[str, str, str, RequestStatus]]) -> list[Announce
 def mark_announced(
     session: Session, *, request_ids: Sequence[str], now: datetime | None = None
 ) -> int:
-    """Record that a queue message now names these requests; returns how many were marked."""
+    """Record that a queue message now names these requests; returns how many were marked.
+
+    Rows another transaction holds are skipped, not waited for: a worker claiming (which spends
+    the message), completing or releasing them is moving them on anyway, and waiting there
+    could deadlock with it (PostgreSQL; SQLite has one writer)."""
     now = now or utcnow()
     marked = 0
     for start in range(0, len(request_ids), MARK_CHUNK):
         chunk = list(request_ids[start : start + MARK_CHUNK])
+        free = (
+            select(Request.id)
+            .where(Request.id.in_(chunk))
+            .order_by(Request.id)
+            .with_for_update(skip_locked=True)
+        )
+        ids = list(session.scalars(free))
+        if not ids:
+            continue
         marked += len(
             session.execute(
                 update(Request)
-                .where(Request.id.in_(chunk))
+                .where(Request.id.in_(ids))
                 .values(announced_at=now)
                 .returning(Request.id),
                 execution_options=PLAIN,

@@ -7,10 +7,11 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 
-from genq.store import claim
+from genq.store import claim, mark_announced
 from genq.store.db import make_engine, session_factory, upgrade
+from genq.store.tables import Request
 from tests.conftest import Database
 from tests.genq.store.support import LEASE, MODEL, add_job, request_ids
 
@@ -71,3 +72,21 @@ def test_a_claim_in_flight_is_skipped_not_waited_for(pg: Database) -> None:
             rest = claim(other, worker_id="w2", model=MODEL, lease_seconds=LEASE, limit=10)
     assert named == []
     assert sorted(c.request_id for c in [first, *held, *rest]) == sorted(ids)
+
+
+def test_marking_announced_skips_rows_a_worker_holds(pg: Database) -> None:
+    with pg.sessions.begin() as session:
+        ids = request_ids(session, add_job(session, n=4))
+    with pg.sessions.begin() as holder:
+        # A worker mid-transaction on two of them (claiming, say): marking must not wait for
+        # it, which could deadlock, and need not mark them, since they are moving on.
+        held = claim(holder, worker_id="w1", model=MODEL, lease_seconds=LEASE, request_ids=ids[:2])
+        with pg.sessions.begin() as other:
+            other.execute(text("SET LOCAL lock_timeout = '2s'"))
+            marked = mark_announced(other, request_ids=ids)
+    assert len(held) == 2 and marked == 2
+    with pg.sessions.begin() as session:
+        announced = session.execute(
+            select(Request.id, Request.announced_at).where(Request.id.in_(ids))
+        ).all()
+    assert {i for i, at in announced if at is not None} == set(ids[2:])
