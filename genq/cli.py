@@ -3,6 +3,7 @@ heavy imports (torch, transformers) happen inside the commands that need them.""
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 from typing import Annotated, Optional
@@ -191,3 +192,83 @@ def api(
         workers=workers,
         log_level="info",
     )
+
+
+@app.command()
+def submit(
+    input_path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="JSONL input")],
+    model: Annotated[Optional[str], typer.Option(help="model name")] = None,  # noqa: UP045
+    wait: Annotated[bool, typer.Option(help="show progress until the job ends")] = False,
+) -> None:
+    """Submit INPUT_PATH as one job to GENQ_API_URL (key: GENQ_API_KEY); prints the job id."""
+    import time
+
+    from genq.client import Client
+
+    client = Client()
+    try:
+        job = client.submit(input_path, model=model)
+        typer.echo(job["id"])
+        if not wait:
+            return
+        with typer.progressbar(length=job["counts"]["total"], label="requests", file=None) as bar:
+            done = 0
+            while job["status"] not in ("completed", "cancelled"):
+                time.sleep(1.0)
+                job = client.status(job["id"])
+                counts = job["counts"]
+                now = counts["succeeded"] + counts["failed"] + counts["cancelled"]
+                bar.update(now - done)
+                done = now
+        typer.echo(f"{job['status']}: {json.dumps(job['counts'])}", err=True)
+    except GenqError as exc:
+        raise _fail(exc) from None
+    finally:
+        client.close()
+
+
+@app.command()
+def status(job_id: str) -> None:
+    """Print a job's status, counts, progress and ETA as JSON."""
+    from genq.client import Client
+
+    client = Client()
+    try:
+        typer.echo(json.dumps(client.status(job_id), indent=2))
+    except GenqError as exc:
+        raise _fail(exc) from None
+    finally:
+        client.close()
+
+
+@app.command()
+def results(
+    job_id: str, output: Annotated[Path, typer.Option("--output", "-o", help="JSONL output")]
+) -> None:
+    """Write a job's finished results, in input order, to OUTPUT."""
+    from genq.client import Client
+
+    client = Client()
+    try:
+        with output.open("wb") as out:
+            for chunk in client.results(job_id):
+                out.write(chunk)
+    except GenqError as exc:
+        raise _fail(exc) from None
+    finally:
+        client.close()
+    typer.echo(f"wrote {output}", err=True)
+
+
+@app.command()
+def cancel(job_id: str) -> None:
+    """Cancel a job: queued requests now, running ones once they finish."""
+    from genq.client import Client
+
+    client = Client()
+    try:
+        typer.echo(client.cancel(job_id)["status"])
+    except GenqError as exc:
+        raise _fail(exc) from None
+    finally:
+        client.close()

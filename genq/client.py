@@ -1,0 +1,76 @@
+"""A small HTTP client of the native API, for the CLI (GENQ_API_URL, GENQ_API_KEY)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from genq.errors import GenqError
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+class ApiError(GenqError):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status_code = status
+
+
+class Client:
+    def __init__(self, url: str | None = None, key: str | None = None, timeout: float = 60) -> None:
+        url = url or os.environ.get("GENQ_API_URL", DEFAULT_URL)
+        key = key or os.environ.get("GENQ_API_KEY", "")
+        self.http = httpx.Client(
+            base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=timeout
+        )
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _json(self, response: httpx.Response) -> Any:
+        if response.status_code >= 400:
+            try:
+                message = response.json()["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                message = response.text
+            raise ApiError(response.status_code, message)
+        return response.json()
+
+    def submit(
+        self, path: Path, *, model: str | None = None, params: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """A native JSONL file (custom_id, prompt or messages per line) as one job."""
+        requests = []
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ApiError(0, f"{path}:{number}: invalid JSON: {exc}") from None
+            if isinstance(item, dict) and "params" in item:
+                params = params or item.pop("params")
+                item.pop("params", None)
+            requests.append(item)
+        body: dict[str, Any] = {"requests": requests, "params": params}
+        if model:
+            body["model"] = model
+        return self._json(self.http.post("/v1/jobs", json=body))  # type: ignore[no-any-return]
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        return self._json(self.http.get(f"/v1/jobs/{job_id}"))  # type: ignore[no-any-return]
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return self._json(self.http.post(f"/v1/jobs/{job_id}/cancel"))  # type: ignore[no-any-return]
+
+    def results(self, job_id: str) -> Iterator[bytes]:
+        with self.http.stream("GET", f"/v1/jobs/{job_id}/results", params={"format": "jsonl"}) as r:
+            if r.status_code >= 400:
+                r.read()
+                self._json(r)
+            yield from r.iter_bytes()
