@@ -9,9 +9,6 @@ from celery import Celery
 
 from genq.settings import Settings
 
-SOFT_SHUTDOWN_SECONDS = 60.0
-"""On a cold shutdown (SIGQUIT, a second Ctrl+C) how long the running message may still take."""
-
 BROKER_CONNECT_SECONDS = 4.0
 """One attempt to reach Redis gives up after this long."""
 
@@ -36,6 +33,10 @@ def make_celery(settings: Settings) -> Celery:
         broker_connection_timeout=BROKER_CONNECT_SECONDS,
         # Work in hand is finished (the store fences it) rather than cancelled on a lost link.
         worker_cancel_long_running_tasks_on_connection_loss=False,
-        worker_soft_shutdown_timeout=SOFT_SHUTDOWN_SECONDS,
+        # No soft shutdown: with the solo pool Celery waits it out inside the signal handler,
+        # on the thread that runs the batch, which only freezes the batch. The graceful stop is
+        # the warm shutdown (SIGTERM: the batch in hand finishes, the rest is released); a cold
+        # one (SIGQUIT) interrupts the batch, and its claims are released on the way out.
+        worker_soft_shutdown_timeout=0.0,
     )
     return app
