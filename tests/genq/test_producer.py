@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from functools import partial
 
 import fakeredis
 import pytest
@@ -116,17 +117,20 @@ def test_the_publisher_recovers_when_redis_comes_back(
     redis_server: fakeredis.FakeServer, sessions: sessionmaker[Session], settings: Settings
 ) -> None:
     publisher = CeleryPublisher(make_celery(settings))
-    submit = {
-        "tenant": "acme",
-        "model": "tiny-gpt2",
-        "params": GenerationParams(),
-        "settings": settings,
-    }
-    first = submit_job(sessions, publisher, requests=prompts(1), **submit)
+    submit = partial(
+        submit_job,
+        sessions,
+        publisher,
+        tenant="acme",
+        model="tiny-gpt2",
+        params=GenerationParams(),
+        settings=settings,
+    )
+    first = submit(requests=prompts(1))
     redis_server.connected = False
-    second = submit_job(sessions, publisher, requests=prompts(1), **submit)
+    second = submit(requests=prompts(1))
     redis_server.connected = True
-    third = submit_job(sessions, publisher, requests=prompts(1), **submit)
+    third = submit(requests=prompts(1))
     publisher.close()
     announced = {job: stored(sessions, job)[0][2] for job in (first, second, third)}
     assert announced == {first: True, second: False, third: True}

@@ -165,13 +165,11 @@ class Cluster:
 
     @property
     def settings(self) -> Settings:
-        return Settings(
-            **{
-                k.removeprefix("GENQ_").lower(): v
-                for k, v in self.env.items()
-                if k.startswith("GENQ_")
-            }
-        )
+        prefix = "GENQ_"
+        env = {
+            k.removeprefix(prefix).lower(): v for k, v in self.env.items() if k.startswith(prefix)
+        }
+        return Settings.model_validate(env)
 
     def configure(self, **settings: Any) -> None:
         """Set ``GENQ_*`` for workers started from now on, and for the client."""

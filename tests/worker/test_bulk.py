@@ -4,7 +4,8 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,7 @@ def settings(tmp_path: Path, tiny_cache: Path) -> Settings:
     return Settings(database_url=f"sqlite:///{tmp_path / 'genq.db'}", model_cache=tiny_cache)
 
 
-def write_lines(path: Path, lines: list[object]) -> Path:
+def write_lines(path: Path, lines: Sequence[object]) -> Path:
     path.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines))
     return path
 
@@ -150,7 +151,7 @@ class Interrupt(Exception):
     pass
 
 
-def request_rows(settings: Settings, out: Path) -> list[Row[tuple[str, str, int]]]:
+def request_rows(settings: Settings, out: Path) -> list[Row[str, RequestStatus, int]]:
     """(id, status, attempts) of the stored requests of the run writing ``out``."""
     engine = make_engine(settings.database_url)
     try:
@@ -177,9 +178,9 @@ def test_interrupted_run_resumes_without_redoing_lines(
         raise Interrupt
 
     engine = make_engine(tiny, max_batch_size=4, step_cost=100_000)
-    run = dict(engine=engine, model="tiny-gpt2", settings=settings, progress=False)
+    run = partial(run_file, engine=engine, model="tiny-gpt2", settings=settings, progress=False)
     with pytest.raises(Interrupt):
-        run_file(src, out, on_batch=stop_after_one, **run)
+        run(src, out, on_batch=stop_after_one)
     assert not out.exists()
     done_first = set(first[0].keys)
     rows = request_rows(settings, out)
@@ -189,16 +190,16 @@ def test_interrupted_run_resumes_without_redoing_lines(
         (RequestStatus.QUEUED, 0)
     }
     second: list[BatchReport] = []
-    summary = run_file(src, out, on_batch=second.append, **run)
+    summary = run(src, out, on_batch=second.append)
     redone = {key for report in second for key in report.keys}
     assert summary.resumed == len(done_first) == 4
     assert redone.isdisjoint(done_first) and len(redone) == 8
     assert (summary.ok, summary.failed) == (8, 0)
     fresh = tmp_path / "fresh.jsonl"
-    run_file(src, fresh, **run)
+    run(src, fresh)
     assert read_lines(out) == read_lines(fresh)
     again: list[BatchReport] = []
-    run_file(src, out, on_batch=again.append, **run)
+    run(src, out, on_batch=again.append)
     assert again == []  # a finished output is not redone
     assert read_lines(out) == read_lines(fresh)
 
@@ -257,15 +258,17 @@ def test_output_of_another_input_is_refused(
 ) -> None:
     out = write_lines(tmp_path / "out.jsonl", [{"custom_id": "zzz", "text": "x"}])
     src = write_lines(tmp_path / "in.jsonl", native_lines(2))
-    run = dict(engine=make_engine(tiny), model="tiny-gpt2", settings=settings, progress=False)
+    run = partial(
+        run_file, engine=make_engine(tiny), model="tiny-gpt2", settings=settings, progress=False
+    )
     with pytest.raises(Conflict, match="different input"):
-        run_file(src, out, **run)
+        run(src, out)
     out.unlink()
-    run_file(src, out, **run)
+    run(src, out)
     first = read_lines(out)
     src = write_lines(tmp_path / "in.jsonl", native_lines(3))  # the input changed
     with pytest.raises(Conflict, match="different input"):
-        run_file(src, out, **run)
+        run(src, out)
     assert read_lines(out) == first  # left as it was
 
 
