@@ -51,7 +51,8 @@ def run(
             }
         )
     name = model or settings.default_model
-    # SIGTERM as Ctrl+C: the batch in hand is written, the rest released for the next run.
+    # SIGTERM as Ctrl+C: written batches stay, what was claimed and not written goes back to
+    # the queue of the job, and running the command again resumes.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         engine = model_engine(settings, name)()
@@ -60,6 +61,9 @@ def run(
         )
     except GenqError as exc:
         raise _fail(exc) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted: run the same command again to resume", err=True)
+        raise typer.Exit(code=130) from None
     typer.echo(summary.text(), err=True)
     typer.echo(f"wrote {summary.lines} lines to {output}", err=True)
 
