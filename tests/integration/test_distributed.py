@@ -9,8 +9,8 @@ import time
 from collections import Counter
 
 from genq.params import GenerationParams
-from genq.store import Announcement, JobStatus, RequestStatus
-from tests.integration.cluster import MODEL, Cluster, WorkerProcess, wait_for
+from genq.store import Announcement, JobStatus, RequestStatus, cancel_job
+from tests.integration.cluster import MODEL, TENANT, Cluster, WorkerProcess, wait_for
 from tests.integration.fault_worker import POISON_EXIT
 from tests.worker.conftest import request, run_all, varied_prompts
 from worker.engine import Engine
@@ -212,3 +212,21 @@ def test_sigterm_finishes_the_batch_in_hand_and_releases_the_rest(cluster: Clust
     cluster.start_worker()
     cluster.wait_jobs([job], timeout=60)
     assert_each_succeeded_once(cluster, job, 8)
+
+
+def test_a_cancelled_job_ends_cancelled_keeping_what_finished(cluster: Cluster) -> None:
+    cluster.configure(max_batch_size=2, claim_window=6, message_size=6)
+    worker = cluster.start_worker(faults={"GENQ_TEST_BATCH_DELAY": "1.0"})
+    job = cluster.submit(varied_prompts(12), SHORT)
+    first_batch_of(cluster, worker)
+    with cluster.sessions.begin() as session:
+        cancel_job(session, tenant=TENANT, job_id=job)
+    (info,) = cluster.wait_jobs([job], timeout=60)
+    rows = cluster.requests(job)
+    done = [r for r in rows if r.status is R.SUCCEEDED]
+    # The queued half was cancelled at once, the window's unstarted claims at the worker's
+    # next lease renewal; what ran was kept, with its result.
+    assert info.status is JobStatus.CANCELLED
+    assert 2 <= len(done) < 6 and all(r.results == 1 for r in done)
+    assert {(r.status, r.results) for r in rows if r not in done} == {(R.CANCELLED, 0)}
+    assert (info.succeeded, info.cancelled) == (len(done), 12 - len(done))
