@@ -195,7 +195,7 @@ def test_finished_rows_leave_the_batch(
     tiny: LoadedModel, make_engine: EngineFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     reqs = [request(str(i), p, max_new_tokens=40) for i, p in enumerate(varied_prompts(24))]
-    whole = make_engine(tiny, prune_every=40)
+    whole = make_engine(tiny, prune_every=40, step_cost=100_000)  # one batch of 24
     expected = run_all(whole, reqs)
     assert any(r.choices[0].finish_reason == "stop" for r in expected.values())
     real_generate = tiny.model.generate
@@ -206,7 +206,7 @@ def test_finished_rows_leave_the_batch(
         return real_generate(**kwargs)
 
     monkeypatch.setattr(tiny.model, "generate", generate)
-    pruned = run_all(make_engine(tiny, prune_every=4), reqs)
+    pruned = run_all(make_engine(tiny, prune_every=4, step_cost=100_000), reqs)
     assert sizes[0] == 24 and sizes[-1] < 24  # rows that stopped early were dropped
     assert sizes == sorted(sizes, reverse=True)
     assert {k: r.choices for k, r in pruned.items()} == {
