@@ -2,11 +2,11 @@
 a second the claim -> write loop moves.
 
     python bench/dispatch.py [--model smollm2-135m] [--count 128] [--max-new-tokens 64]
-                          [--dispatch-count 4000]
+                             [--rounds 2] [--dispatch-count 4000]
 
-1. The same prompts, greedy, through the engine in this process, then through submit -> Redis
-   -> one `genq worker` -> PostgreSQL -> results: completion tokens/s of each, the ratio, and
-   whether every text is identical.
+1. The same prompts, greedy, through the engine in this process and through submit -> Redis
+   -> one `genq worker` -> PostgreSQL -> results, in alternating rounds: completion tokens/s
+   of each (model load and warm-up excluded), the ratio, and whether every text is identical.
 2. Dispatch capacity with a trivial generator (no model): requests/s from submit to the last
    result with 1 and 2 workers, and through the embedded worker on SQLite for reference.
 
@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from genq.params import GenerationParams  # noqa: E402
 from genq.settings import Settings, get_settings  # noqa: E402
 from genq.store import upgrade  # noqa: E402
+from worker.service import Generator  # noqa: E402
 from worker.types import BatchReport, Choice, GenRequest, GenResult  # noqa: E402
 
 PROMPTS = Path(__file__).with_name("prompts.jsonl")
@@ -71,30 +72,28 @@ def load_prompts(count: int) -> list[str]:
     return [lines[i % len(lines)] for i in range(count)]
 
 
-def engine_alone(
-    model: str, prompts: list[str], params: GenerationParams
-) -> tuple[float, list[str]]:
-    from worker.service import model_engine
-
-    engine = model_engine(get_settings(), model)()
-    warm = [GenRequest(f"w{i}", params, p) for i, p in enumerate(prompts[:4])]
-    list(engine.run(warm))
+def alone(
+    engine: Generator, prompts: list[str], params: GenerationParams
+) -> tuple[int, float, list[str]]:
+    """(completion tokens, seconds, texts) of ``prompts`` through ``engine`` in this process."""
     requests = [GenRequest(str(i), params, p) for i, p in enumerate(prompts)]
     started = time.perf_counter()
     results = {r.key: r for report in engine.run(requests) for r in report.results}
     elapsed = time.perf_counter() - started
     tokens = sum(r.completion_tokens for r in results.values())
-    return tokens / elapsed, [results[str(i)].choices[0].text for i in range(len(prompts))]
+    return tokens, elapsed, [results[str(i)].choices[0].text for i in range(len(prompts))]
 
 
-def full_path(cluster, prompts: list[str], params: GenerationParams) -> tuple[float, list[str]]:  # type: ignore[no-untyped-def]
-    cluster.wait_jobs([cluster.submit(prompts[:4], params)], timeout=600)  # warm the worker
+def through_queue(
+    cluster, prompts: list[str], params: GenerationParams
+) -> tuple[int, float, list[str]]:  # type: ignore[no-untyped-def]
+    """The same, from submit to the job's end, through Redis, one worker and PostgreSQL."""
     started = time.perf_counter()
     job = cluster.submit(prompts, params)
     (info,) = cluster.wait_jobs([job], timeout=3600, every=0.02)
     elapsed = time.perf_counter() - started
     texts = [row.choices[0].text for row in cluster.results(job)]
-    return info.completion_tokens / elapsed, texts
+    return info.completion_tokens, elapsed, texts
 
 
 def dispatch(cluster, count: int) -> float:  # type: ignore[no-untyped-def]
@@ -143,6 +142,7 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--count", type=int, default=128)
     parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--dispatch-count", type=int, default=4000)
     parser.add_argument("--serve-trivial", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -152,10 +152,14 @@ def main() -> None:
 
     from tests.conftest import running_pg_server
     from tests.integration.cluster import Cluster, RedisServer
+    from worker.service import model_engine
 
     prompts = load_prompts(args.count)
     params = GenerationParams(max_new_tokens=args.max_new_tokens)
-    alone_tps, alone_texts = engine_alone(args.model, prompts, params)
+    engine = model_engine(get_settings(), args.model)()
+    alone(engine, prompts[:4], params)  # warm up
+    totals = {"alone": [0, 0.0], "queue": [0, 0.0]}
+    same = 0
 
     with tempfile.TemporaryDirectory(prefix="genq-bench-") as tmp, running_pg_server() as pg:
         workdir = Path(tmp)
@@ -191,7 +195,16 @@ def main() -> None:
 
             full = cluster("bench_full", args.model)
             full.start_worker()
-            full_tps, full_texts = full_path(full, prompts, params)
+            through_queue(full, prompts[:4], params)  # warm up
+            # Rounds alternate, so that load from elsewhere on the machine hits both alike.
+            for _ in range(args.rounds):
+                tokens, seconds, alone_texts = alone(engine, prompts, params)
+                totals["alone"][0] += tokens
+                totals["alone"][1] += seconds
+                tokens, seconds, queue_texts = through_queue(full, prompts, params)
+                totals["queue"][0] += tokens
+                totals["queue"][1] += seconds
+                same += sum(a == b for a, b in zip(alone_texts, queue_texts, strict=True))
             full.close()
 
             trivial = cluster("bench_dispatch", TRIVIAL)
@@ -206,15 +219,16 @@ def main() -> None:
                 built.close()
             redis.stop()
 
-    same = sum(a == b for a, b in zip(alone_texts, full_texts, strict=True))
+    alone_tps = totals["alone"][0] / totals["alone"][1]
+    queue_tps = totals["queue"][0] / totals["queue"][1]
     print(
-        f"model {args.model}, {args.count} prompts, max_new_tokens {args.max_new_tokens}, "
-        f"{os.cpu_count()} CPUs"
+        f"model {args.model}, {args.count} prompts x {args.rounds} rounds, max_new_tokens "
+        f"{args.max_new_tokens}, {os.cpu_count()} CPUs"
     )
     print(f"engine in process          {alone_tps:8.1f} completion tokens/s")
-    print(f"submit->Redis->worker->DB  {full_tps:8.1f} completion tokens/s")
-    print(f"ratio full / engine        {full_tps / alone_tps:8.2f}x   (target >= 0.9x)")
-    print(f"identical texts            {same}/{len(prompts)}")
+    print(f"submit->Redis->worker->DB  {queue_tps:8.1f} completion tokens/s")
+    print(f"ratio full / engine        {queue_tps / alone_tps:8.2f}x   (target >= 0.9x)")
+    print(f"identical texts            {same}/{len(prompts) * args.rounds}")
     print(f"dispatch, trivial generator, {args.dispatch_count} requests:")
     print(f"  1 worker  (Redis + PostgreSQL) {one:8.0f} requests/s")
     print(f"  2 workers (Redis + PostgreSQL) {two:8.0f} requests/s")
