@@ -1,21 +1,49 @@
 #!/usr/bin/env bash
-# One command from a fresh clone to results: set up, then run the shipped example jobs on the
-# default model with no services (embedded mode).
+# One command from a fresh clone to results, through the service path on the embedded default
+# (no Redis, no PostgreSQL): set up, start `genq serve` (API + in-process worker on SQLite),
+# submit the shipped example job, poll it until it ends, fetch its results.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+
 mkdir -p out
-.venv/bin/genq run examples/prompts.jsonl -o out/prompts.out.jsonl
-.venv/bin/genq run examples/openai_batch.jsonl -o out/openai_batch.out.jsonl
+rm -f out/quickstart.db out/serve.log
+export GENQ_DATABASE_URL="sqlite:///$PWD/out/quickstart.db"
+port=${GENQ_QUICKSTART_PORT:-8765}
+.venv/bin/genq serve --port "$port" >out/serve.log 2>&1 &
+server=$!
+trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null || true' EXIT
+
+for _ in $(seq 120); do  # the key is printed once the database is ready
+  grep -q '^GENQ_API_KEY=' out/serve.log && break
+  kill -0 "$server" 2>/dev/null || { cat out/serve.log; exit 1; }
+  sleep 0.5
+done
+export GENQ_API_URL="http://127.0.0.1:$port"
+GENQ_API_KEY=$(sed -n 's/^GENQ_API_KEY=//p' out/serve.log)
+export GENQ_API_KEY
+for _ in $(seq 120); do
+  .venv/bin/python -c 'import httpx, sys; httpx.get(sys.argv[1]).raise_for_status()' \
+    "$GENQ_API_URL/healthz" 2>/dev/null && break
+  sleep 0.5
+done
+
+job=$(.venv/bin/genq submit examples/prompts.jsonl)
+echo "submitted $job; polling"
+while :; do
+  status=$(.venv/bin/genq status "$job")
+  state=$(.venv/bin/python -c 'import json,sys; j=json.load(sys.stdin); c=j["counts"]; print(j["status"], f"{c[\"succeeded\"]+c[\"failed\"]+c[\"cancelled\"]}/{c[\"total\"]}")' <<<"$status")
+  echo "  $state"
+  case "$state" in completed*|cancelled*) break ;; esac
+  sleep 2
+done
+.venv/bin/genq results "$job" -o out/quickstart.results.jsonl
+
 echo
-echo "First results (out/prompts.out.jsonl, out/openai_batch.out.jsonl):"
+echo "First results (out/quickstart.results.jsonl):"
 .venv/bin/python - <<'PY'
 import json
-for path in ("out/prompts.out.jsonl", "out/openai_batch.out.jsonl"):
-    for line in open(path).readlines()[:3]:
-        out = json.loads(line)
-        body = (out.get("response") or {}).get("body") or {}
-        choice = (body.get("choices") or [{}])[0]
-        text = out.get("text") or choice.get("text") or (choice.get("message") or {}).get("content")
-        print(f"{out['custom_id']:>14}: {text!r}"[:160])
+for line in open("out/quickstart.results.jsonl").readlines()[:4]:
+    out = json.loads(line)
+    print(f"{out.get('custom_id')!s:>6}: {json.dumps(out)[:150]}")
 PY
