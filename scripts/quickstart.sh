@@ -32,7 +32,12 @@ job=$(.venv/bin/genq submit examples/prompts.jsonl)
 echo "submitted $job; polling"
 while :; do
   status=$(.venv/bin/genq status "$job")
-  state=$(.venv/bin/python -c 'import json,sys; j=json.load(sys.stdin); c=j["counts"]; print(j["status"], f"{c[\"succeeded\"]+c[\"failed\"]+c[\"cancelled\"]}/{c[\"total\"]}")' <<<"$status")
+  state=$(.venv/bin/python -c '
+import json, sys
+job = json.load(sys.stdin)
+c = job["counts"]
+print(job["status"], "%d/%d" % (c["succeeded"] + c["failed"] + c["cancelled"], c["total"]))
+' <<<"$status")
   echo "  $state"
   case "$state" in completed*|cancelled*) break ;; esac
   sleep 2
