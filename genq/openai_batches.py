@@ -269,24 +269,16 @@ def _write_files(session: Session, row: OpenAIBatch, final: str, *, now: datetim
             break
         after = rows[-1].idx
     ids: dict[str, Any] = {}
-    if out:
-        ids["output_file_id"] = create_file(
-            session,
-            tenant=row.tenant,
-            purpose="batch_output",
-            filename=f"{row.id}_output.jsonl",
-            content="\n".join(out).encode() + b"\n",
-            now=now,
-        ).id
-    if err:
-        ids["error_file_id"] = create_file(
-            session,
-            tenant=row.tenant,
-            purpose="batch_output",
-            filename=f"{row.id}_error.jsonl",
-            content="\n".join(err).encode() + b"\n",
-            now=now,
-        ).id
+    for column, kind, lines in (("output_file_id", "output", out), ("error_file_id", "error", err)):
+        if lines:
+            ids[column] = create_file(
+                session,
+                tenant=row.tenant,
+                purpose="batch_output",
+                filename=f"{row.id}_{kind}.jsonl",
+                content="\n".join(lines).encode() + b"\n",
+                now=now,
+            ).id
     if ids:
         session.execute(update(OpenAIBatch).where(OpenAIBatch.id == row.id).values(**ids))
 
