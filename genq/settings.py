@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from platformdirs import user_cache_dir, user_data_dir
 from pydantic import Field
@@ -78,6 +79,10 @@ class Settings(BaseSettings):
     visibility_timeout: float = Field(default=DEFAULT_VISIBILITY_TIMEOUT, gt=0)
     max_job_requests: int = Field(default=DEFAULT_MAX_JOB_REQUESTS, ge=1)
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1)
+    # Long-running commands (worker, serve, api, reconcile) log text lines, or JSON lines that
+    # carry job, request, batch and worker ids as fields (genq.logs).
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
 @lru_cache(maxsize=1)
