@@ -25,7 +25,8 @@ from sqlalchemy.types import TypeEngine
 
 from genq.store.tables import Base
 
-# The repository's migrations/ directory, next to the genq package.
+# Alembic's directory: the top-level migrations/ next to the genq package, in a source checkout
+# and in site-packages alike (the wheel ships it as a package: see pyproject.toml).
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
