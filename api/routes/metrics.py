@@ -1,21 +1,24 @@
 """Prometheus metrics, read from the store at scrape time: the database is the authority, so
-every API process reports the same numbers whichever worker did the work."""
+every API process reports the same numbers whichever worker did the work. The batch histograms
+are kept in the process and read incrementally (api.histograms); the rest is read whole."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import timedelta
 
-from fastapi import APIRouter
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 from sqlalchemy import func, select
 
 from api.context import Context
 from api.deps import ContextDep
+from api.histograms import BatchHistograms, Buckets
 from genq.service import LIVE_SECONDS
-from genq.store.tables import Batch, Job, Result, utcnow
+from genq.store.tables import Job, Result, utcnow
 from genq.store.views import live_workers, queue_depths, request_counts
 
 router = APIRouter(tags=["metrics"])
@@ -23,22 +26,24 @@ router = APIRouter(tags=["metrics"])
 RATE_SECONDS = 60.0
 """Generated tokens/s is averaged over this many seconds."""
 
-BATCH_ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-EFFICIENCY = (0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 LATENCY = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
 
+_made = threading.Lock()
 
-def _histogram(name: str, doc: str, values: list[float], bounds: tuple[float, ...]) -> Metric:
-    buckets = [(str(b), float(sum(v <= b for v in values))) for b in bounds]
-    buckets.append(("+Inf", float(len(values))))
-    family = HistogramMetricFamily(name, doc)
-    family.add_metric([], buckets, sum_value=float(sum(values)))
-    return family
+
+def batch_histograms(app: FastAPI) -> BatchHistograms:
+    """The app's batch histograms, made on its first scrape."""
+    with _made:
+        if not hasattr(app.state, "batch_histograms"):
+            app.state.batch_histograms = BatchHistograms()
+    histograms: BatchHistograms = app.state.batch_histograms
+    return histograms
 
 
 class StoreCollector:
-    def __init__(self, context: Context) -> None:
+    def __init__(self, context: Context, batches: BatchHistograms) -> None:
         self.context = context
+        self.batches = batches
 
     def collect(self) -> Iterator[Metric]:
         now = utcnow()
@@ -47,7 +52,7 @@ class StoreCollector:
             depth = queue_depths(session)
             counts = request_counts(session)
             workers = live_workers(session, within_seconds=LIVE_SECONDS, now=now)
-            batches = session.execute(select(Batch.rows, Batch.prompt_efficiency)).all()
+            self.batches.update(session)
             tokens = session.scalar(
                 select(func.coalesce(func.sum(Result.completion_tokens), 0)).where(
                     Result.finished_at >= since
@@ -75,25 +80,14 @@ class StoreCollector:
             f"Completion tokens per second over the last {RATE_SECONDS:.0f} s",
             value=float(tokens or 0) / RATE_SECONDS,
         )
-        yield _histogram(
-            "genq_batch_rows", "Rows per generate call", [float(r) for r, _ in batches], BATCH_ROWS
-        )
-        yield _histogram(
-            "genq_batch_padding_efficiency",
-            "Real / padded prompt tokens per batch",
-            [float(e) for _, e in batches],
-            EFFICIENCY,
-        )
-        yield _histogram(
-            "genq_job_latency_seconds",
-            "Job creation to finish",
-            [(f - c).total_seconds() for c, f in jobs],
-            LATENCY,
-        )
+        yield from self.batches.families()
+        latency = Buckets.of(LATENCY, ((f - c).total_seconds() for c, f in jobs if f))
+        yield latency.family("genq_job_latency_seconds", "Job creation to finish")
 
 
 @router.get("/metrics")
-def metrics(context: ContextDep) -> Response:
+def metrics(request: Request, context: ContextDep) -> Response:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StoreCollector(context))  # type: ignore[arg-type]
+    collector = StoreCollector(context, batch_histograms(request.app))
+    registry.register(collector)  # type: ignore[arg-type]
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -3,15 +3,16 @@ models with work waiting, counts for metrics, worker heartbeats."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from genq.store.jobs import get_job, list_results
 from genq.store.records import JobInfo, ResultRow
 from genq.store.status import RequestStatus
-from genq.store.tables import Job, Request, WorkerHeartbeat, utcnow
+from genq.store.tables import Batch, Job, Request, WorkerHeartbeat, utcnow
 
 _OPEN = (RequestStatus.QUEUED, RequestStatus.RUNNING)
 
@@ -87,6 +88,11 @@ def heartbeat(session: Session, *, worker_id: str, model: str, now: datetime | N
         )
 
 
+def forget_worker(session: Session, *, worker_id: str) -> None:
+    """Drop ``worker_id``'s heartbeat: a worker leaving cleanly stops counting as live at once."""
+    session.execute(delete(WorkerHeartbeat).where(WorkerHeartbeat.worker_id == worker_id))
+
+
 def live_workers(
     session: Session, *, within_seconds: float, now: datetime | None = None
 ) -> dict[str, int]:
@@ -98,3 +104,17 @@ def live_workers(
         .group_by(WorkerHeartbeat.model)
     )
     return {model: count for model, count in rows}
+
+
+def batch_shapes(
+    session: Session, *, after_id: int = 0, also: Collection[int] = (), limit: int = 10_000
+) -> list[tuple[int, int, float]]:
+    """(id, rows, prompt efficiency) of the recorded batches past id ``after_id``, and of those
+    of ids ``also`` that exist, in id order, at most ``limit``. By primary key: cheap however
+    many batches there are."""
+    where = Batch.id > after_id
+    if also:
+        where = or_(where, Batch.id.in_(sorted(also)))
+    query = select(Batch.id, Batch.rows, Batch.prompt_efficiency).where(where)
+    rows = session.execute(query.order_by(Batch.id).limit(limit))
+    return [(int(i), int(r), float(e)) for i, r, e in rows]

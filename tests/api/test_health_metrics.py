@@ -1,7 +1,12 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from genq.store import BatchRecord, record_batch
 from tests.api.conftest import Service
 from tests.api.support import prompts, wait_job
 
@@ -10,6 +15,27 @@ def _value(text: str, name: str) -> float:
     match = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", text, re.M)
     assert match, f"{name} missing from:\n{text}"
     return float(match.group(1))
+
+
+def _histogram(text: str, name: str) -> dict[str, float]:
+    """A histogram's buckets by bound, with ``sum`` and ``count``."""
+    found = {
+        m.group(1): float(m.group(2))
+        for m in re.finditer(rf'^{re.escape(name)}_bucket{{le="([^"]+)"}} (\S+)$', text, re.M)
+    }
+    return found | {key: _value(text, f"{name}_{key}") for key in ("sum", "count")}
+
+
+def _delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {key: round(after[key] - before[key], 9) for key in after}
+
+
+def _record(service: Service, *shapes: tuple[int, float]) -> None:
+    """Batches of (rows, prompt efficiency), as workers record them."""
+    with service.context.sessions.begin() as session:
+        for rows, efficiency in shapes:
+            batch = BatchRecord("w", "tiny-gpt2", "g", rows, 8, efficiency, 0.1, ())
+            record_batch(session, batch=batch)
 
 
 def test_health_and_readiness(service: Service) -> None:
@@ -41,3 +67,31 @@ def test_metrics_move_after_a_job(service: Service) -> None:
     assert _value(after, "genq_generated_tokens_per_second") == 6 * 4 / 60
     assert _value(after, "genq_job_latency_seconds_count") == 1
     assert _value(after, 'genq_live_workers{model="tiny-gpt2"}') == 1
+
+
+def test_a_scrape_moves_the_batch_histograms_by_exactly_the_new_batches(
+    make_service: Callable[..., Service],
+) -> None:
+    service = make_service()
+    rows, eff = "genq_batch_rows", "genq_batch_padding_efficiency"
+    _record(service, (4, 0.5))
+    first = service.client.get("/metrics").text
+    assert (_value(first, f"{rows}_count"), _value(first, f"{rows}_sum")) == (1, 4)
+    _record(service, (1, 0.95), (64, 0.7), (300, 1.0))
+    second = service.client.get("/metrics").text
+    row_bounds = ("1", "2", "4", "8", "16", "32", "64", "128", "256", "+Inf")
+    assert _delta(_histogram(first, rows), _histogram(second, rows)) == dict(
+        zip(row_bounds, (1, 1, 1, 1, 1, 1, 2, 2, 2, 3), strict=True)
+    ) | {"sum": 365, "count": 3}
+    eff_bounds = ("0.25", "0.5", "0.6", "0.7", "0.8", "0.9", "0.95", "1.0", "+Inf")
+    assert _delta(_histogram(first, eff), _histogram(second, eff)) == dict(
+        zip(eff_bounds, (0, 0, 0, 1, 1, 1, 2, 3, 3), strict=True)
+    ) | {"sum": 2.65, "count": 3}
+    third = service.client.get("/metrics").text
+    for name in (rows, eff):  # nothing new: nothing moves
+        assert _histogram(third, name) == _histogram(second, name)
+    # A restarted API process catches up on its first scrape: the same counts.
+    with TestClient(create_app(service.context)) as restarted:
+        again = restarted.get("/metrics").text
+    for name in (rows, eff):
+        assert _histogram(again, name) == _histogram(second, name)

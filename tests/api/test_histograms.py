@@ -1,0 +1,89 @@
+"""The batch histograms /metrics keeps per process: read incrementally, late commits counted."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from sqlalchemy import insert
+from sqlalchemy.orm import Session, sessionmaker
+
+from api import histograms
+from api.histograms import GAP_SECONDS, BatchHistograms, Buckets
+from genq.store.tables import Batch, utcnow
+from tests.api.conftest import Service
+
+
+def add_batches(sessions: sessionmaker[Session], *shapes: tuple[int, int, float]) -> None:
+    """Batches of (id, rows, prompt efficiency), with the ids given (as a late commit has)."""
+    with sessions.begin() as session:
+        for batch_id, rows, efficiency in shapes:
+            session.execute(
+                insert(Batch).values(
+                    id=batch_id,
+                    worker_id="w",
+                    model="tiny-gpt2",
+                    group_key="g",
+                    rows=rows,
+                    padded_length=8,
+                    prompt_efficiency=efficiency,
+                    seconds=0.1,
+                    request_ids=[],
+                    refused=0,
+                    created_at=utcnow(),
+                )
+            )
+
+
+def update(h: BatchHistograms, sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as session:
+        h.update(session)
+
+
+def test_a_value_on_a_bound_falls_in_that_bucket() -> None:
+    buckets = Buckets.of((1, 2), [1, 1.5, 2, 3])
+    assert (buckets.counts, buckets.total) == ([1, 2, 1], 7.5)
+
+
+def test_a_batch_committed_after_a_higher_id_is_counted_when_it_appears(
+    make_service: Callable[..., Service],
+) -> None:
+    sessions = make_service().context.sessions
+    now = [0.0]
+    h = BatchHistograms(clock=lambda: now[0])
+    add_batches(sessions, (1, 4, 0.5), (3, 8, 0.9))  # 2 is still being written
+    update(h, sessions)
+    assert (sum(h.rows.counts), h.rows.total, set(h.gaps)) == (2, 12, {2})
+    add_batches(sessions, (2, 16, 1.0))
+    update(h, sessions)
+    assert (sum(h.rows.counts), h.rows.total, h.gaps) == (3, 28, {})
+    update(h, sessions)
+    assert (sum(h.rows.counts), h.rows.total) == (3, 28)  # nothing counted twice
+
+
+def test_an_id_missing_for_longer_than_the_grace_is_no_longer_looked_for(
+    make_service: Callable[..., Service],
+) -> None:
+    sessions = make_service().context.sessions
+    now = [0.0]
+    h = BatchHistograms(clock=lambda: now[0])
+    add_batches(sessions, (3, 1, 1.0))
+    update(h, sessions)
+    assert set(h.gaps) == {1, 2}
+    now[0] = GAP_SECONDS / 2
+    update(h, sessions)
+    assert set(h.gaps) == {1, 2}
+    now[0] = GAP_SECONDS
+    update(h, sessions)  # a rolled-back write: its id never appears
+    assert (h.gaps, sum(h.rows.counts)) == ({}, 1)
+
+
+def test_catching_up_reads_page_after_page(
+    make_service: Callable[..., Service], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(histograms, "BATCH_PAGE", 2)
+    sessions = make_service().context.sessions
+    add_batches(sessions, *[(i, i, 0.5) for i in range(1, 8)])
+    h = BatchHistograms()
+    update(h, sessions)
+    assert (sum(h.rows.counts), h.rows.total, h.last_id, h.gaps) == (7, 28, 7, {})
