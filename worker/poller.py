@@ -12,17 +12,15 @@ from collections.abc import Callable
 from sqlalchemy.orm import Session, sessionmaker
 
 from genq.settings import Settings
-from genq.store.views import heartbeat, models_with_work
+from genq.store.views import models_with_work
 from worker.embedded import drain
+from worker.heartbeat import HEARTBEAT_SECONDS, beat, forget
 from worker.service import Generator, Runtime, default_worker_id, model_engine
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.2
 """How often an idle embedded worker looks for new work."""
-
-HEARTBEAT_SECONDS = 5.0
-"""How often a worker records that it is alive (idle or between batches)."""
 
 RETRY_BROKEN_SECONDS = 30.0
 """How long a model that failed to load or run is left alone before the next try."""
@@ -61,6 +59,8 @@ class Poller(threading.Thread):
                 worked = False
             if not worked:
                 self.stopping.wait(self.poll_seconds)
+        for rt in self.runtimes.values():  # stopped cleanly: no longer live
+            forget(self.sessions, worker_id=rt.worker_id)
 
     def step(self) -> bool:
         """Drain every model with work once; True when there was any."""
@@ -77,7 +77,12 @@ class Poller(threading.Thread):
             try:
                 drain(rt)
             except Exception:  # noqa: BLE001 - one model's failure leaves the others running
-                log.exception("model %s failed; retrying in %.0f s", model, RETRY_BROKEN_SECONDS)
+                log.exception(
+                    "model %s failed; retrying in %.0f s",
+                    model,
+                    RETRY_BROKEN_SECONDS,
+                    extra={"worker_id": rt.worker_id, "model": model},
+                )
                 self._broken[model] = time.monotonic() + RETRY_BROKEN_SECONDS
                 rt._engine = None
         return bool(ready)
@@ -104,8 +109,4 @@ class Poller(threading.Thread):
         if not force and now - self._beats.get(rt.worker_id, 0.0) < HEARTBEAT_SECONDS:
             return
         self._beats[rt.worker_id] = now
-        try:
-            with self.sessions.begin() as session:
-                heartbeat(session, worker_id=rt.worker_id, model=rt.model)
-        except Exception:  # noqa: BLE001 - a missed heartbeat is harmless
-            log.warning("heartbeat of %s failed", rt.worker_id, exc_info=True)
+        beat(self.sessions, worker_id=rt.worker_id, model=rt.model)

@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,6 +21,7 @@ from sqlalchemy import func, select
 
 from genq.params import GenerationParams
 from genq.producer import CeleryPublisher, submit_job
+from genq.service import LIVE_SECONDS
 from genq.settings import Settings
 from genq.store import (
     BatchRecord,
@@ -32,7 +34,8 @@ from genq.store import (
     session_factory,
 )
 from genq.store.db import make_engine
-from genq.store.tables import Request, Result
+from genq.store.tables import Request, Result, WorkerHeartbeat, utcnow
+from genq.store.views import live_workers
 from worker.celery_app import make_celery
 
 MODEL = "tiny-gpt2"
@@ -272,6 +275,20 @@ class Cluster:
                     .order_by(Request.idx)
                 ).all()
             )
+
+    def heartbeats(self) -> dict[str, str]:
+        """Model per worker id, of the workers whose last heartbeat is recent."""
+        since = utcnow() - timedelta(seconds=LIVE_SECONDS)
+        query = select(WorkerHeartbeat.worker_id, WorkerHeartbeat.model).where(
+            WorkerHeartbeat.seen_at >= since
+        )
+        with self.sessions.begin() as session:
+            return {worker_id: model for worker_id, model in session.execute(query)}
+
+    def live_workers(self) -> dict[str, int]:
+        """What /metrics reports as ``genq_live_workers``."""
+        with self.sessions.begin() as session:
+            return live_workers(session, within_seconds=LIVE_SECONDS)
 
     def result_worker(self, request_id: str) -> str | None:
         with self.sessions.begin() as session:

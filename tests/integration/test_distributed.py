@@ -187,11 +187,17 @@ def test_two_workers_on_one_queue_share_the_load(cluster: Cluster) -> None:
     workers = [cluster.start_worker(faults=faults, wait=False) for _ in range(2)]
     for worker in workers:
         cluster.wait_ready(worker)
+    # Each worker process heartbeats from when its model is loaded: both count as live.
+    beating = {w.worker_id: MODEL for w in workers}
+    wait_for(lambda: cluster.heartbeats() == beating, timeout=10, what="both heartbeats")
+    assert cluster.live_workers() == {MODEL: 2}
     job = cluster.submit(varied_prompts(16), SHORT)
     cluster.wait_jobs([job], timeout=90)
     assert_each_succeeded_once(cluster, job, 16)
     per_worker = Counter(cluster.result_worker(r.id) for r in cluster.requests(job))
     assert set(per_worker) == {w.worker_id for w in workers}, per_worker
+    assert cluster.live_workers() == {MODEL: 2}  # still beating after the job
+    assert not any("heartbeat of" in w.text() for w in workers)  # no beat missed
 
 
 def test_sigterm_finishes_the_batch_in_hand_and_releases_the_rest(cluster: Cluster) -> None:
@@ -199,8 +205,10 @@ def test_sigterm_finishes_the_batch_in_hand_and_releases_the_rest(cluster: Clust
     leaving = cluster.start_worker(faults={"GENQ_TEST_BATCH_DELAY": "1.0"})
     job = cluster.submit(varied_prompts(8), SHORT)
     first_batch_of(cluster, leaving)
+    assert cluster.heartbeats() == {leaving.worker_id: MODEL}
     leaving.proc.send_signal(signal.SIGTERM)
     assert leaving.proc.wait(timeout=30) == 0
+    assert cluster.heartbeats() == {}  # a clean exit drops its heartbeat: no longer live
     rows = cluster.requests(job)
     done = [r for r in rows if r.status is R.SUCCEEDED]
     # It wrote the batch it was in (at least two), held nothing when it left, and what it had
