@@ -108,7 +108,7 @@ def worker(
 
     One message at a time; run one per device. SIGTERM finishes the batch in hand and releases
     the rest of its window."""
-    from worker.tasks import run_worker
+    from worker.tasks import run_worker  # it sets up logging (GENQ_LOG_FORMAT) itself
 
     settings = get_settings()
     try:
@@ -126,12 +126,14 @@ def reconcile(
     Every GENQ_RECONCILE_SECONDS, or once; each worker also runs this in a thread."""
     import time
 
+    from genq.logs import configure_logging
     from genq.producer import CeleryPublisher
     from genq.reconciler import reconcile_once
     from genq.store import make_engine, session_factory
     from worker.celery_app import make_celery
 
     settings = get_settings()
+    configure_logging(settings)
     publisher = CeleryPublisher(make_celery(settings))
     sessions = session_factory(make_engine(settings.database_url))
     while True:
@@ -175,8 +177,11 @@ def serve(
     """The embedded service: the HTTP API and an in-process worker on the SQLite database at
     GENQ_DATABASE_URL, no Redis. Prints an API key to use."""
     from api.serve import serve_embedded
+    from genq.logs import configure_logging
 
-    serve_embedded(get_settings(), host=host, port=port, tenant=tenant)
+    settings = get_settings()
+    configure_logging(settings)
+    serve_embedded(settings, host=host, port=port, tenant=tenant)
 
 
 @app.command()
@@ -188,12 +193,16 @@ def api(
     """The HTTP API alone (distributed mode): jobs go to PostgreSQL and Redis, workers run them."""
     import uvicorn
 
+    from genq.logs import logging_config
+
     uvicorn.run(
         "api.app:create_distributed_app",
         factory=True,
         host=host,
         port=port,
         workers=workers,
+        # Applied in every API process uvicorn starts, its own loggers included.
+        log_config=logging_config(get_settings()),
         log_level="info",
     )
 

@@ -121,6 +121,13 @@ def submit_job(
             requests=requests,
             metadata=metadata,
         )
+    log.info(
+        "job %s submitted: %d requests for %s",
+        job_id,
+        len(requests),
+        model,
+        extra={"job_id": job_id, "model": model},
+    )
     if publisher is not None:
         announce(sessions, publisher, job_id=job_id, settings=settings)
     return job_id

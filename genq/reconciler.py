@@ -10,6 +10,7 @@ import threading
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from genq.logs import id_chunks
 from genq.producer import Publisher, publish_announcements
 from genq.settings import Settings
 from genq.store import ReapReport, reap
@@ -30,15 +31,18 @@ def reconcile_once(
     sent = publish_announcements(
         sessions, publisher, report.announcements, message_size=settings.message_size
     )
-    if report.failed or report.cancelled or sent:
+    for ids in id_chunks(report.failed):
+        log.warning("gave up on %d requests out of attempts", len(ids), extra={"request_ids": ids})
+    for ids in id_chunks(report.cancelled):
+        log.info("cancelled %d requests of cancelling jobs", len(ids), extra={"request_ids": ids})
+    announced = [i for a in report.announcements for i in a.request_ids][:sent]
+    for ids in id_chunks(announced):
         log.info(
-            "reconciled: %d failed (out of attempts), %d cancelled, %d announced again "
-            "(%d expired leases, %d unannounced)",
-            len(report.failed),
-            len(report.cancelled),
-            sent,
+            "announced %d requests again (of %d expired leases, %d unannounced)",
+            len(ids),
             len(report.expired),
             len(report.unannounced),
+            extra={"request_ids": ids},
         )
     return report
 

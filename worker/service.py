@@ -127,7 +127,12 @@ def handle_message(rt: Runtime, *, model: str, group_key: str, request_ids: Sequ
     any job), run them, write the outcomes; again until nothing the message names is left.
     A duplicate or stale message claims nothing. Returns how many outcomes were written."""
     if model != rt.model:
-        log.error("message for model %s reached a worker of %s; ignored", model, rt.model)
+        log.error(
+            "message for model %s reached a worker of %s; ignored",
+            model,
+            rt.model,
+            extra={"worker_id": rt.worker_id, "request_ids": list(request_ids)},
+        )
         return 0
     rt.wait_for_company()
     written = 0
@@ -250,10 +255,11 @@ def _write(
         for r in results
         if r.key in held
     ]
+    batch_id = None
     with rt.sessions.begin() as session:
         done = complete_many(session, items=items, now=now)
         if report is not None and report.rows:
-            record_batch(
+            batch_id = record_batch(
                 session,
                 batch=BatchRecord(
                     worker_id=rt.worker_id,
@@ -268,18 +274,67 @@ def _write(
                 ),
                 now=now,
             )
+    written = {key for (key, _, _), ok in zip(items, done, strict=True) if ok}
+    _log_outcomes(rt, held, results, written=written, report=report, batch_id=batch_id)
     for key, _, _ in items:
         held.pop(key, None)
     if not all(done):
-        stale = [key for (key, _, _), ok in zip(items, done, strict=True) if not ok]
-        log.warning("refused %d outcomes of stale claims: %s", len(stale), stale[:8])
+        stale = [key for key, _, _ in items if key not in written]
+        log.warning(
+            "refused %d outcomes of stale claims: %s",
+            len(stale),
+            stale[:8],
+            extra={"worker_id": rt.worker_id, "batch_id": batch_id, "request_ids": stale},
+        )
     return sum(done)
 
 
-def _outcome(result: GenResult, *, started: datetime, finished: datetime) -> Outcome:
+def _log_outcomes(
+    rt: Runtime,
+    held: dict[str, Claim],
+    results: Sequence[GenResult],
+    *,
+    written: set[str],
+    report: BatchReport | None,
+    batch_id: int | None,
+) -> None:
+    """A line per generate call, with its request and job ids, and one per failure written."""
+    ids = {"worker_id": rt.worker_id, "batch_id": batch_id}
+    if report is not None and report.rows:
+        jobs = sorted({held[k].job_id for k in report.keys if k in held})
+        log.info(
+            "batch %s: %d rows of %d requests from %d jobs in %.2f s, padding efficiency %.2f",
+            batch_id,
+            report.rows,
+            len(report.keys),
+            len(jobs),
+            report.seconds,
+            report.prompt_efficiency,
+            extra=ids | {"request_ids": list(report.keys), "job_ids": jobs, "model": rt.model},
+        )
+    for r in results:
+        error = _error_of(r)
+        if error is not None and r.key in written:
+            # INFO: a request's failure is its outcome, kept with it; `genq run` shows none.
+            log.info(
+                "request %s failed: %s",
+                r.key,
+                error,
+                extra=ids | {"request_id": r.key, "job_id": held[r.key].job_id},
+            )
+
+
+def _error_of(result: GenResult) -> str | None:
     if result.error is not None or not result.choices:
+        return result.error or "generation returned nothing"
+    return None
+
+
+def _outcome(result: GenResult, *, started: datetime, finished: datetime) -> Outcome:
+    error = _error_of(result)
+    if error is not None:
         return Outcome(
-            error=result.error or "generation returned nothing",
+            error=error,
             prompt_tokens=result.prompt_tokens,
             started_at=started,
             finished_at=finished,
@@ -314,4 +369,6 @@ def _release(rt: Runtime, claims: Sequence[Claim]) -> None:
             for c in sorted(claims, key=lambda c: c.request_id):
                 release(session, request_id=c.request_id, fence=c.fence)
     except Exception:  # noqa: BLE001 - the leases expire and the reconciler takes over
-        log.exception("could not release %d claims", len(claims))
+        ids = [c.request_id for c in claims]
+        extra = {"worker_id": rt.worker_id, "request_ids": ids}
+        log.exception("could not release %d claims", len(claims), extra=extra)

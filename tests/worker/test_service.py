@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
@@ -12,6 +14,7 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from genq.logs import JsonFormatter
 from genq.params import GenerationParams
 from genq.settings import Settings
 from genq.store import (
@@ -305,3 +308,28 @@ def test_drain_runs_its_job_to_the_end(runtime: RuntimeFactory) -> None:
     assert first.error == "gave up after 2 attempts: worker lost"
     assert {s for s, _ in rows(rt, other)} == {RequestStatus.QUEUED}
     assert drain(rt) == 2
+
+
+def test_log_lines_name_their_batch_requests_jobs_and_worker(
+    runtime: RuntimeFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    rt = runtime(worker_id="w-logs")
+    prompts = [f"Note {n}: the river ran past the old mill and turned the wheel." for n in range(4)]
+    a, b = add_job(rt, prompts[:2]), add_job(rt, prompts[2:])
+    with rt.sessions.begin() as session:  # one request that fails alone
+        session.execute(update(Request).where(Request.id == b[1]).values(params={"top_k": -1}))
+    with caplog.at_level(logging.INFO, logger="worker.service"):
+        assert message(rt, a) == 4
+    with rt.sessions.begin() as session:
+        (batch,) = list_batches(session)
+    lines = [json.loads(JsonFormatter().format(r)) for r in caplog.records]
+    (ran,) = [x for x in lines if x["message"].startswith("batch ")]
+    assert (ran["batch_id"], ran["worker_id"], ran["model"]) == (batch.id, "w-logs", MODEL)
+    assert sorted(ran["request_ids"]) == sorted(a + b[:1])
+    assert ran["job_ids"] == sorted({job_of(rt, a[0]), job_of(rt, b[0])})
+    (failed,) = [x for x in lines if x["message"].startswith("request ")]
+    assert (failed["request_id"], failed["job_id"], failed["worker_id"]) == (
+        b[1],
+        job_of(rt, b[1]),
+        "w-logs",
+    )
