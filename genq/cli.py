@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -224,7 +225,9 @@ def submit(
         typer.echo(job["id"])
         if not wait:
             return
-        with typer.progressbar(length=job["counts"]["total"], label="requests", file=None) as bar:
+        with typer.progressbar(
+            length=job["counts"]["total"], label="requests", file=sys.stderr
+        ) as bar:
             done = 0
             while job["status"] not in ("completed", "cancelled"):
                 time.sleep(1.0)
