@@ -174,7 +174,7 @@ async def _poller(
             body = await reader.readexactly(length)
             latencies.append(time.perf_counter() - start)
             if not head.startswith(b"HTTP/1.1 200 "):
-                raise SystemExit(f"poll answered {head.splitlines()[0]!r}: {body[:200]!r}")
+                raise RuntimeError(f"poll answered {head.splitlines()[0]!r}: {body[:200]!r}")
     finally:
         writer.close()
         await writer.wait_closed()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
+from collections.abc import Callable
 from datetime import datetime
 
 from sqlalchemy import insert, select
@@ -13,6 +15,9 @@ from genq.errors import Unauthorized
 from genq.store.tables import ApiKey, new_id, utcnow
 
 KEY_PREFIX = "gq_"
+
+KEY_CACHE_SIZE = 10_000
+"""Most keys a :class:`KeyCache` remembers; past it, it forgets them all and starts again."""
 
 
 def hash_key(key: str) -> str:
@@ -39,16 +44,48 @@ def create_key(session: Session, *, tenant: str, now: datetime | None = None) ->
     return key
 
 
-def tenant_for(session: Session, *, authorization: str | None) -> str:
-    """The tenant of an ``Authorization: Bearer KEY`` header; :class:`Unauthorized` otherwise."""
+def bearer_key(authorization: str | None) -> str:
+    """The key of an ``Authorization: Bearer KEY`` header; :class:`Unauthorized` otherwise."""
     scheme, _, key = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise Unauthorized("missing API key: send Authorization: Bearer <key>")
+    return key.strip()
+
+
+def tenant_for(session: Session, *, authorization: str | None) -> str:
+    """The tenant of an ``Authorization: Bearer KEY`` header; :class:`Unauthorized` otherwise."""
+    return tenant_of(session, key_hash=hash_key(bearer_key(authorization)))
+
+
+def tenant_of(session: Session, *, key_hash: str) -> str:
+    """The tenant of the unrevoked key with this hash; :class:`Unauthorized` otherwise."""
     tenant = session.scalar(
-        select(ApiKey.tenant).where(
-            ApiKey.key_hash == hash_key(key.strip()), ApiKey.revoked_at.is_(None)
-        )
+        select(ApiKey.tenant).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
     )
     if tenant is None:
         raise Unauthorized("invalid API key")
     return tenant
+
+
+class KeyCache:
+    """The tenants of keys checked in the last ``ttl`` seconds, by key hash, so that a client
+    polling several times a second costs no key lookup. A key revoked in the database keeps
+    working for at most ``ttl`` seconds where it was checked; unknown keys are never cached."""
+
+    def __init__(self, ttl: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self.clock = clock
+        self._tenants: dict[str, tuple[str, float]] = {}
+
+    def get(self, key_hash: str) -> str | None:
+        entry = self._tenants.get(key_hash)
+        if entry is None or entry[1] <= self.clock():
+            return None
+        return entry[0]
+
+    def put(self, key_hash: str, tenant: str) -> None:
+        if self.ttl <= 0:
+            return
+        if len(self._tenants) >= KEY_CACHE_SIZE:
+            self._tenants = {}
+        self._tenants[key_hash] = (tenant, self.clock() + self.ttl)

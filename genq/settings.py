@@ -52,6 +52,10 @@ DEFAULT_MAX_JOB_REQUESTS = 50_000
 DEFAULT_MAX_BODY_BYTES = 200 * 1024 * 1024
 """Largest HTTP request body the API reads (counted on the bytes received); larger answers 413."""
 
+DEFAULT_KEY_CACHE_SECONDS = 5.0
+"""How long an API process trusts an API key it has checked before checking it again: a revoked
+key keeps working for up to this long. 0 checks the key on every request."""
+
 
 def _default_database_url() -> str:
     return f"sqlite:///{Path(user_data_dir('genq')) / 'genq.db'}"
@@ -79,6 +83,7 @@ class Settings(BaseSettings):
     visibility_timeout: float = Field(default=DEFAULT_VISIBILITY_TIMEOUT, gt=0)
     max_job_requests: int = Field(default=DEFAULT_MAX_JOB_REQUESTS, ge=1)
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1)
+    key_cache_seconds: float = Field(default=DEFAULT_KEY_CACHE_SECONDS, ge=0)
     # Long-running commands (worker, serve, api, reconcile) log text lines, or JSON lines that
     # carry job, request, batch and worker ids as fields (genq.logs).
     log_format: Literal["text", "json"] = "text"

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
-from api.deps import ContextDep, SessionDep, TenantDep
+from api.deps import ContextDep, SessionDep, TenantDep, run_read
 from api.schemas import JobCreate
 from genq import service
 from genq.store import cancel_job, get_job
@@ -52,8 +53,10 @@ def index(
 
 
 @router.get("/{job_id}")
-def read(job_id: str, session: SessionDep, tenant: TenantDep) -> dict[str, Any]:
-    return service.job_public(get_job(session, tenant=tenant, job_id=job_id))
+async def read(job_id: str, tenant: TenantDep, context: ContextDep) -> dict[str, Any]:
+    # Clients poll this route: async, with run_read, it costs no trip through the thread pool.
+    job = await run_read(context, partial(get_job, tenant=tenant, job_id=job_id))
+    return service.job_public(job)
 
 
 @router.get("/{job_id}/results", response_model=None)
