@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import (
+    Cache,
+    DynamicLayer,
     GenerationConfig,
     LogitsProcessorList,
     MinNewTokensLengthLogitsProcessor,
@@ -20,7 +22,7 @@ from transformers import (
 
 from genq.errors import InvalidRequest
 from genq.params import GenerationParams
-from worker.planner import DEFAULT_STEP_COST, Batch, PlanItem, plan, split
+from worker.planner import DEFAULT_STEP_COST, Batch, PlanItem, plan, prefill_chunks, split
 from worker.sampling import RepetitionPenalty, RowSampler, StopStrings, cut_at_stop, row_seed
 from worker.types import BatchReport, Choice, GenRequest, GenResult
 
@@ -35,6 +37,9 @@ ACCELERATOR_STEP_COST = 1024
 
 DEFAULT_PRUNE_EVERY = 8
 """New tokens per generate slice; finished rows leave the batch between slices."""
+
+DEFAULT_PREFILL_TOKENS = 4096
+"""Most padded prompt tokens in one prefill chunk (bounds the attention scores' memory)."""
 
 OUT_OF_MEMORY: tuple[type[BaseException], ...] = (torch.OutOfMemoryError, MemoryError)
 
@@ -61,11 +66,14 @@ class Engine:
         max_batch_size: int,
         prune_every: int = DEFAULT_PRUNE_EVERY,
         step_cost: int | None = None,
+        prefill_tokens: int = DEFAULT_PREFILL_TOKENS,
     ) -> None:
         self.loaded = loaded
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
         self.prune_every = prune_every
+        self.prefill_tokens = prefill_tokens
+        self._split_prefill = True
         if step_cost is None:
             step_cost = DEFAULT_STEP_COST if loaded.device.type == "cpu" else ACCELERATOR_STEP_COST
         self.step_cost = step_cost
@@ -177,11 +185,7 @@ class Engine:
         loaded = self.loaded
         # Left padding: every row's last prompt token sits in the last column, where
         # generation continues; the mask keeps padding out of attention and positions.
-        input_ids = torch.full((len(rows), width), loaded.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, (member, _) in enumerate(rows):
-            input_ids[r, width - len(member.ids) :] = torch.tensor(member.ids)
-            attention_mask[r, width - len(member.ids) :] = 1
+        input_ids, attention_mask = _left_padded([m.ids for m, _ in rows], loaded.pad_token_id)
         first_real = width - torch.tensor([len(m.ids) for m, _ in rows])
 
         processors = LogitsProcessorList()
@@ -209,15 +213,78 @@ class Engine:
         prunable: list[Any] = [p for p in processors if hasattr(p, "select")]
         if stop_criterion:
             prunable.append(stop_criterion)
+        prefilled = self._prefill([m.ids for m in members], width)
+        if prefilled is not None and params.num_return_sequences > 1:
+            prefilled.cache.batch_repeat_interleave(params.num_return_sequences)
+            prefilled.logits = prefilled.logits.repeat_interleave(
+                params.num_return_sequences, dim=0
+            )
         tokens, stopped_at = self._generate_pruning(
-            input_ids, attention_mask, params.max_new_tokens, processors, stop_criterion, prunable
+            input_ids,
+            attention_mask,
+            prefilled,
+            params.max_new_tokens,
+            processors,
+            stop_criterion,
+            prunable,
         )
         return self._decode(members, rows, tokens, stopped_at)
+
+    def _prefill(self, prompts: Sequence[list[int]], width: int) -> _Prefilled | None:
+        """The KV cache of every prompt, left-padded to ``width``, and each prompt's next-token
+        logits.
+
+        Prompts run in chunks of near-equal length, so a long prompt in the batch does not make
+        every short one pay for its padding in the prefill; the decode that follows still runs
+        all rows together. Each prompt is prefilled whole, as ``generate`` would, so its output
+        does not change with the batch. ``None`` when the model's cache is not the plain growing
+        kind: ``generate`` then prefills the whole batch itself."""
+        if not self._split_prefill:
+            return None
+        loaded = self.loaded
+        order = sorted(range(len(prompts)), key=lambda r: len(prompts[r]))
+        chunks = prefill_chunks([len(prompts[r]) for r in order], self.prefill_tokens)
+        cache: Cache | None = None
+        parts: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
+        logits: list[torch.Tensor] = []
+        start = 0
+        for size in chunks:
+            rows = [prompts[r] for r in order[start : start + size]]
+            start += size
+            ids, mask = _left_padded(rows, loaded.pad_token_id)
+            positions = mask.cumsum(-1) - 1  # as generate numbers left-padded rows
+            positions.masked_fill_(mask == 0, 1)
+            with torch.inference_mode():
+                out = loaded.model(
+                    input_ids=ids.to(loaded.device),
+                    attention_mask=mask.to(loaded.device),
+                    position_ids=positions.to(loaded.device),
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+            if not all(type(layer) is DynamicLayer for layer in out.cache.layers):
+                self._split_prefill = False
+                log.info(
+                    "model %s keeps a windowed or static cache: prefill whole batches", loaded.name
+                )
+                return None
+            cache = cache or out.cache
+            parts.append([(layer.keys, layer.values) for layer in out.cache.layers])
+            logits.append(out.logits[:, -1, :].float())
+        assert cache is not None
+        restore = torch.empty(len(order), dtype=torch.long)
+        restore[torch.tensor(order)] = torch.arange(len(order))
+        restore = restore.to(loaded.device)
+        for index, layer in enumerate(cache.layers):
+            layer.keys = _stack_left_padded([part[index][0] for part in parts], width)[restore]
+            layer.values = _stack_left_padded([part[index][1] for part in parts], width)[restore]
+        return _Prefilled(cache, torch.cat(logits)[restore])
 
     def _generate_pruning(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
+        prefilled: _Prefilled | None,
         max_new_tokens: int,
         processors: LogitsProcessorList,
         stop_criterion: StopStrings | None,
@@ -225,7 +292,8 @@ class Engine:
     ) -> tuple[list[list[int]], list[int | None]]:
         """``generate`` in slices of ``prune_every`` new tokens, continuing from the KV cache;
         between slices the rows that finished leave the batch, so a few long answers do not
-        keep paying for the rows that stopped early."""
+        keep paying for the rows that stopped early. After a split prefill the first token is
+        picked here from the prefill's logits, the way ``generate`` picks every other."""
         loaded = self.loaded
         eos = set(loaded.eos_token_ids)
         alive = list(range(input_ids.shape[0]))  # original row of each row still generating
@@ -233,28 +301,36 @@ class Engine:
         stopped_at: list[int | None] = [None] * len(alive)
         sequences = input_ids.to(loaded.device)
         mask = attention_mask.to(loaded.device)
-        cache = None
+        cache = prefilled.cache if prefilled else None
         produced = 0
         while alive and produced < max_new_tokens:
-            config = GenerationConfig(
-                max_new_tokens=min(self.prune_every, max_new_tokens - produced),
-                do_sample=False,  # sampling, when asked for, happens per row in RowSampler
-                pad_token_id=loaded.pad_token_id,
-                eos_token_id=list(loaded.eos_token_ids),
-                return_dict_in_generate=True,
-            )
-            with torch.inference_mode():
-                out = loaded.model.generate(
-                    input_ids=sequences,
-                    attention_mask=mask,
-                    cache=cache,
-                    generation_config=config,
-                    logits_processor=processors,
-                    stopping_criteria=StoppingCriteriaList(
-                        [stop_criterion] if stop_criterion else []
-                    ),
+            if prefilled is not None and produced == 0:
+                with torch.inference_mode():
+                    scores = processors(sequences, prefilled.logits)
+                    sequences = torch.cat([sequences, scores.argmax(-1, keepdim=True)], dim=1)
+                    if stop_criterion:
+                        stop_criterion(sequences, scores)
+            else:
+                config = GenerationConfig(
+                    max_new_tokens=min(self.prune_every, max_new_tokens - produced),
+                    do_sample=False,  # sampling, when asked for, happens per row in RowSampler
+                    pad_token_id=loaded.pad_token_id,
+                    eos_token_id=list(loaded.eos_token_ids),
+                    return_dict_in_generate=True,
                 )
-            new = out.sequences[:, sequences.shape[1] :]
+                with torch.inference_mode():
+                    out = loaded.model.generate(
+                        input_ids=sequences,
+                        attention_mask=mask,
+                        cache=cache,
+                        generation_config=config,
+                        logits_processor=processors,
+                        stopping_criteria=StoppingCriteriaList(
+                            [stop_criterion] if stop_criterion else []
+                        ),
+                    )
+                sequences, cache = out.sequences, out.cache
+            new = sequences[:, mask.shape[1] :]
             produced += new.shape[1]
             keep = []
             for j, row_tokens in enumerate(new.tolist()):
@@ -267,11 +343,11 @@ class Engine:
                     keep.append(j)
             # Every row still generating has only real tokens since the prompt.
             mask = torch.cat([mask, mask.new_ones(new.shape)], dim=1)
-            sequences, cache = out.sequences, out.cache
             if len(keep) < len(alive):
                 index = torch.tensor(keep, dtype=torch.long, device=loaded.device)
                 sequences, mask = sequences[index], mask[index]
-                cache.batch_select_indices(index)
+                if cache is not None:
+                    cache.batch_select_indices(index)
                 for part in prunable:
                     part.select(keep)
                 alive = [alive[j] for j in keep]
@@ -317,6 +393,30 @@ class Engine:
             else GenResult(m.request.key, tuple(choices[m.request.key]), len(m.ids))
             for m in members
         ]
+
+
+@dataclass
+class _Prefilled:
+    cache: Cache  # every prompt token of every row, left-padded
+    logits: torch.Tensor  # (rows, vocab) float32: the scores for each row's first new token
+
+
+def _left_padded(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask of ``rows`` padded on the left to the longest."""
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        ids[r, width - len(row) :] = torch.tensor(row)
+        mask[r, width - len(row) :] = 1
+    return ids, mask
+
+
+def _stack_left_padded(parts: Sequence[torch.Tensor], width: int) -> torch.Tensor:
+    """Cache tensors (batch, heads, length, dim) of several chunks as one batch, each padded on
+    the left to ``width`` positions (the mask keeps the padding out of attention)."""
+    padded = [torch.nn.functional.pad(t, (0, 0, width - t.shape[2], 0)) for t in parts]
+    return torch.cat(padded)
 
 
 def _seeds(params: GenerationParams) -> tuple[int, ...]:
