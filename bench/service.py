@@ -4,7 +4,7 @@ it): the time to accept a 50,000-request job, then GET /v1/jobs/{id} latency und
 concurrent pollers while the worker generates that job on the tiny-gpt2 test model. Numbers,
 not pass/fail:
 
-    .venv/bin/python bench/service.py --count 50000 --pollers 50 --polls 20
+    .venv/bin/python bench/service.py --count 50000 --pollers 50 --polls 20 [--interval 1]
 
 Polling starts once the worker has finished some requests, and the requests it finishes during
 the polling window are printed: the proof that it was generating all along.
@@ -40,6 +40,12 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=50_000, help="requests in the job")
     parser.add_argument("--pollers", type=int, default=50)
     parser.add_argument("--polls", type=int, default=20, help="polls per poller")
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=0.0,
+        help="seconds a poller waits between polls (genq submit --wait: 1); 0: back to back",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=16)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -74,14 +80,18 @@ def _run(args: argparse.Namespace, base: str, headers: dict[str, str]) -> None:
         before = client.get(f"/v1/jobs/{job_id}").json()
         window = time.perf_counter()
         path = f"/v1/jobs/{job_id}"
-        latencies = asyncio.run(_poll_all(base, headers, path, args.pollers, args.polls))
+        latencies = asyncio.run(
+            _poll_all(base, headers, path, args.pollers, args.polls, args.interval)
+        )
         window = time.perf_counter() - window
         after = client.get(f"/v1/jobs/{job_id}").json()
     latencies.sort()
     p99 = latencies[max(0, round(len(latencies) * 0.99) - 1)]
     finished = _done(after) - _done(before)
+    pace = f"every {args.interval:g} s" if args.interval else "back to back"
     print(
-        f"poll GET /v1/jobs/{{id}}, {args.pollers} pollers x {args.polls} while the job runs: "
+        f"poll GET /v1/jobs/{{id}} while the job runs, {args.pollers} pollers x {args.polls} "
+        f"{pace}: "
         f"median {statistics.median(latencies) * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, "
         f"max {latencies[-1] * 1000:.1f} ms"
     )
@@ -143,19 +153,30 @@ def _wait_running(client: httpx.Client, job_id: str) -> dict[str, Any]:
 
 
 async def _poll_all(
-    base: str, headers: dict[str, str], path: str, pollers: int, polls: int
+    base: str, headers: dict[str, str], path: str, pollers: int, polls: int, interval: float
 ) -> list[float]:
     latencies: list[float] = []
-    await asyncio.gather(*(_poller(base, headers, path, polls, latencies) for _ in range(pollers)))
+    # Pollers that wait start spread over one interval, as independent clients would be.
+    starts = [interval * n / pollers for n in range(pollers)]
+    await asyncio.gather(
+        *(_poller(base, headers, path, polls, interval, start, latencies) for start in starts)
+    )
     return latencies
 
 
 async def _poller(
-    base: str, headers: dict[str, str], path: str, polls: int, latencies: list[float]
+    base: str,
+    headers: dict[str, str],
+    path: str,
+    polls: int,
+    interval: float,
+    start: float,
+    latencies: list[float],
 ) -> None:
-    """``polls`` GETs of ``path`` back to back on one keep-alive connection. Plain HTTP/1.1 on
-    asyncio streams: httpx spends more CPU per request than the server does, and on a small
-    machine the pollers share the CPUs with the service they measure."""
+    """``polls`` GETs of ``path`` on one keep-alive connection, ``interval`` seconds apart after
+    a first wait of ``start``. Plain HTTP/1.1 on asyncio streams: httpx spends more CPU per
+    request than the server does, and on a small machine the pollers share the CPUs with the
+    service they measure."""
     url = httpx.URL(base)
     reader, writer = await asyncio.open_connection(url.host, url.port)
     lines = [
@@ -164,15 +185,18 @@ async def _poller(
         *(f"{k}: {v}" for k, v in headers.items()),
     ]
     request = ("\r\n".join(lines) + "\r\n\r\n").encode()
+    await asyncio.sleep(start)
     try:
-        for _ in range(polls):
-            start = time.perf_counter()
+        for n in range(polls):
+            if n:
+                await asyncio.sleep(interval)
+            sent = time.perf_counter()
             writer.write(request)
             head = await reader.readuntil(b"\r\n\r\n")
             fields = (line.partition(b":") for line in head.split(b"\r\n")[1:])
             length = next(int(v) for k, _, v in fields if k.lower() == b"content-length")
             body = await reader.readexactly(length)
-            latencies.append(time.perf_counter() - start)
+            latencies.append(time.perf_counter() - sent)
             if not head.startswith(b"HTTP/1.1 200 "):
                 raise RuntimeError(f"poll answered {head.splitlines()[0]!r}: {body[:200]!r}")
     finally:
