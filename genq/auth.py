@@ -52,11 +52,6 @@ def bearer_key(authorization: str | None) -> str:
     return key.strip()
 
 
-def tenant_for(session: Session, *, authorization: str | None) -> str:
-    """The tenant of an ``Authorization: Bearer KEY`` header; :class:`Unauthorized` otherwise."""
-    return tenant_of(session, key_hash=hash_key(bearer_key(authorization)))
-
-
 def tenant_of(session: Session, *, key_hash: str) -> str:
     """The tenant of the unrevoked key with this hash; :class:`Unauthorized` otherwise."""
     tenant = session.scalar(
