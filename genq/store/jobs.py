@@ -5,6 +5,7 @@ Like every store function these run in the caller's transaction and never commit
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import fields
 from datetime import datetime
 from typing import Any
 
@@ -30,25 +31,12 @@ from genq.store.tally import PLAIN, Tally, apply_tallies, cancel_requests
 DEFAULT_PAGE = 1000
 _CANCELLED = (JobStatus.CANCELLING, JobStatus.CANCELLED)
 
-# Built once: clients poll jobs, and building the statement cost as much as running it. Plain
-# columns, not the entity: the identity map cannot serve a stale row, and rows load faster.
-_JOB_BY_ID = select(
-    Job.id,
-    Job.tenant,
-    Job.model,
-    Job.status,
-    Job.params,
-    Job.metadata_.label("metadata"),
-    Job.total,
-    Job.succeeded,
-    Job.failed,
-    Job.cancelled,
-    Job.prompt_tokens,
-    Job.completion_tokens,
-    Job.created_at,
-    Job.started_at,
-    Job.finished_at,
-).where(Job.id == bindparam("job_id"), Job.tenant == bindparam("tenant"))
+# Built once, on the table's columns rather than the entity's (which take the ORM's slower
+# path): clients poll jobs, and building the statement cost as much as running it.
+_JOB_COLUMNS = Job.__table__.c
+_JOB_BY_ID = select(*(_JOB_COLUMNS[f.name] for f in fields(JobInfo))).where(
+    _JOB_COLUMNS.id == bindparam("job_id"), _JOB_COLUMNS.tenant == bindparam("tenant")
+)
 
 
 def create_job(
