@@ -22,6 +22,8 @@ from transformers import (
 
 from genq.errors import InvalidRequest
 from genq.params import GenerationParams
+from worker import attention
+from worker.kvcache import PreallocatedLayer, stack_left_padded
 from worker.planner import DEFAULT_STEP_COST, Batch, PlanItem, plan, prefill_chunks, split
 from worker.sampling import RepetitionPenalty, RowSampler, StopStrings, cut_at_stop, row_seed
 from worker.types import BatchReport, Choice, GenRequest, GenResult
@@ -74,6 +76,7 @@ class Engine:
         self.prune_every = prune_every
         self.prefill_tokens = prefill_tokens
         self._split_prefill = True
+        self._spanned = attention.install(loaded.model)
         if step_cost is None:
             step_cost = DEFAULT_STEP_COST if loaded.device.type == "cpu" else ACCELERATOR_STEP_COST
         self.step_cost = step_cost
@@ -213,7 +216,7 @@ class Engine:
         prunable: list[Any] = [p for p in processors if hasattr(p, "select")]
         if stop_criterion:
             prunable.append(stop_criterion)
-        prefilled = self._prefill([m.ids for m in members], width)
+        prefilled = self._prefill([m.ids for m in members], width, params.max_new_tokens)
         if prefilled is not None and params.num_return_sequences > 1:
             prefilled.cache.batch_repeat_interleave(params.num_return_sequences)
             prefilled.logits = prefilled.logits.repeat_interleave(
@@ -230,7 +233,9 @@ class Engine:
         )
         return self._decode(members, rows, tokens, stopped_at)
 
-    def _prefill(self, prompts: Sequence[list[int]], width: int) -> _Prefilled | None:
+    def _prefill(
+        self, prompts: Sequence[list[int]], width: int, max_new_tokens: int
+    ) -> _Prefilled | None:
         """The KV cache of every prompt, left-padded to ``width``, and each prompt's next-token
         logits.
 
@@ -275,9 +280,13 @@ class Engine:
         restore = torch.empty(len(order), dtype=torch.long)
         restore[torch.tensor(order)] = torch.arange(len(order))
         restore = restore.to(loaded.device)
-        for index, layer in enumerate(cache.layers):
-            layer.keys = _stack_left_padded([part[index][0] for part in parts], width)[restore]
-            layer.values = _stack_left_padded([part[index][1] for part in parts], width)[restore]
+        capacity = width + max_new_tokens
+        for index in range(len(cache.layers)):
+            cache.layers[index] = PreallocatedLayer(
+                stack_left_padded([part[index][0] for part in parts], width)[restore],
+                stack_left_padded([part[index][1] for part in parts], width)[restore],
+                capacity,
+            )
         return _Prefilled(cache, torch.cat(logits)[restore])
 
     def _generate_pruning(
@@ -318,7 +327,9 @@ class Engine:
                     eos_token_id=list(loaded.eos_token_ids),
                     return_dict_in_generate=True,
                 )
-                with torch.inference_mode():
+                first_real = (mask.shape[1] - mask.sum(-1)).tolist()
+                spans = attention.plan_spans(first_real) if self._spanned else None
+                with torch.inference_mode(), attention.row_spans(spans):
                     out = loaded.model.generate(
                         input_ids=sequences,
                         attention_mask=mask,
@@ -410,13 +421,6 @@ def _left_padded(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tens
         ids[r, width - len(row) :] = torch.tensor(row)
         mask[r, width - len(row) :] = 1
     return ids, mask
-
-
-def _stack_left_padded(parts: Sequence[torch.Tensor], width: int) -> torch.Tensor:
-    """Cache tensors (batch, heads, length, dim) of several chunks as one batch, each padded on
-    the left to ``width`` positions (the mask keeps the padding out of attention)."""
-    padded = [torch.nn.functional.pad(t, (0, 0, width - t.shape[2], 0)) for t in parts]
-    return torch.cat(padded)
 
 
 def _seeds(params: GenerationParams) -> tuple[int, ...]:

@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import groupby
 
-DEFAULT_STEP_COST = 20
+DEFAULT_STEP_COST = 40
 """Cost of one decode step beyond its rows, in rows: on a CPU a step reads every weight once,
-about as long as twenty rows' arithmetic. A GPU's is far higher (batching is nearly free)."""
+about as long as forty rows' arithmetic. A GPU's is far higher (batching is nearly free)."""
 
 DEFAULT_KV_SPAN = 256
 """Cached positions a row reads (attention, cache growth) in about the time of its arithmetic

@@ -180,8 +180,9 @@ def test_a_request_that_fails_alone_gets_an_error(
     real_generate = tiny.model.generate
 
     def generate(**kwargs: Any) -> Any:
-        rows = kwargs["input_ids"].tolist()
-        if any(row[len(row) - len(poison) :] == poison for row in rows):
+        rows = kwargs["input_ids"].tolist()  # prompt, then the tokens generated so far
+        n = len(poison)
+        if any(row[i : i + n] == poison for row in rows for i in range(len(row) - n + 1)):
             raise MemoryError("injected")
         return real_generate(**kwargs)
 
@@ -207,8 +208,8 @@ def test_finished_rows_leave_the_batch(
 
     monkeypatch.setattr(tiny.model, "generate", generate)
     pruned = run_all(make_engine(tiny, prune_every=4, step_cost=100_000), reqs)
-    assert sizes[0] == 24 and sizes[-1] < 24  # rows that stopped early were dropped
+    # Rows that stopped early were dropped (some already at the first token, picked from the
+    # prefill before any generate call).
+    assert sizes[-1] < sizes[0] <= 24
     assert sizes == sorted(sizes, reverse=True)
-    assert {k: r.choices for k, r in pruned.items()} == {
-        k: r.choices for k, r in expected.items()
-    }
+    assert {k: r.choices for k, r in pruned.items()} == {k: r.choices for k, r in expected.items()}
