@@ -13,10 +13,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEFAULT_MODEL = "smollm2-135m"
 """The model a job gets when it names none."""
 
-DEFAULT_MAX_BATCH_TOKENS = 32768
+DEFAULT_MAX_BATCH_TOKENS = 65536
 """Token budget of one batch: rows x (padded prompt + max_new_tokens)."""
 
-DEFAULT_MAX_BATCH_SIZE = 64
+DEFAULT_MAX_BATCH_SIZE = 128
 """Most rows (prompts x num_return_sequences) in one generate call."""
 
 DEFAULT_LEASE_SECONDS = 600.0

@@ -87,8 +87,6 @@ def test_plan_work_is_no_worse_than_greedy_packing() -> None:
     greedy = [sorted(items, key=lambda i: i.prompt_tokens)[n : n + 32] for n in range(0, 200, 32)]
 
     def work(batches: list[list[PlanItem]]) -> int:
-        return sum(
-            estimated_work(len(b), max(i.prompt_tokens for i in b), 32, 16) for b in batches
-        )
+        return sum(estimated_work(len(b), max(i.prompt_tokens for i in b), 32, 16) for b in batches)
 
     assert work([list(b.items) for b in planned]) < work(greedy)
