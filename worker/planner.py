@@ -18,9 +18,9 @@ DEFAULT_STEP_COST = 40
 """Cost of one decode step beyond its rows, in rows: on a CPU a step reads every weight once,
 about as long as forty rows' arithmetic. A GPU's is far higher (batching is nearly free)."""
 
-DEFAULT_KV_SPAN = 256
-"""Cached positions a row reads (attention, cache growth) in about the time of its arithmetic
-in one decode step."""
+DEFAULT_KV_SPAN = 512
+"""Cached positions a row reads in about the time of its arithmetic in one decode step. The
+engine's attention skips most of a short row's left padding, so padding costs little."""
 
 
 @dataclass(frozen=True)
