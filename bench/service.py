@@ -104,6 +104,8 @@ def _run(args: argparse.Namespace, base: str, headers: dict[str, str]) -> None:
         f"({finished / window:.0f}/s); job {after['status']}, "
         f"{_done(after)}/{after['counts']['total']} done"
     )
+    if not finished:
+        print("no batch landed during the window, so it proves nothing: raise --polls")
 
 
 def _start_service(tmp: Path, port: int) -> tuple[subprocess.Popen[str], str]:
