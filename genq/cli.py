@@ -182,7 +182,14 @@ def serve(
 
     settings = get_settings()
     configure_logging(settings)
-    serve_embedded(settings, host=host, port=port, tenant=tenant)
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again for the handler it
+    # found: as Ctrl+C, that unwinds through serve_embedded, which stops the in-process worker
+    # (the batch in hand is written, the rest of its window goes back to the queue).
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        serve_embedded(settings, host=host, port=port, tenant=tenant)
+    except KeyboardInterrupt:
+        typer.echo("genq serve stopped", err=True)
 
 
 @app.command()

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from sqlalchemy import func, select
 
 from genq.store.db import make_engine
@@ -195,11 +194,6 @@ def test_serve_with_the_cli_client(tiny: LoadedModel, tiny_cache: Path, tmp_path
         stop(served.proc, served.log)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="uvicorn re-raises SIGTERM after its shutdown, so genq serve dies before stopping "
-    "its in-process worker: the window it holds stays claimed until the lease expires",
-)
 def test_serve_releases_its_claims_on_sigterm(
     tiny: LoadedModel, tiny_cache: Path, tmp_path: Path
 ) -> None:
