@@ -48,7 +48,9 @@ def get_session(sessions: SessionsDep) -> Iterator[Session]:
         yield session
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": commit before the response goes out. With the default, FastAPI sends the
+# response first, so a client could act on what it read (a new file id) before it is committed.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 async def run_read(context: Context, query: Callable[[Session], T]) -> T:

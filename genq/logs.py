@@ -76,9 +76,11 @@ def logging_config(settings: Settings) -> dict[str, Any]:
                 "stream": "ext://sys.stderr",
             }
         },
-        # uvicorn's loggers keep their own handlers unless told otherwise: send them to ours.
+        # uvicorn's loggers keep their own handlers and levels unless told otherwise: send
+        # them to ours, at the root's level (a uvicorn run earlier in the process may have
+        # left its own).
         "loggers": {
-            name: {"handlers": [], "propagate": True}
+            name: {"handlers": [], "propagate": True, "level": "NOTSET"}
             for name in ("uvicorn", "uvicorn.error", "uvicorn.access")
         },
         "root": {"handlers": ["genq"], "level": settings.log_level},
