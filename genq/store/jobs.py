@@ -4,6 +4,7 @@ Like every store function these run in the caller's transaction and never commit
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import fields
 from datetime import datetime
@@ -27,6 +28,8 @@ from genq.store.tables import (
     utcnow,
 )
 from genq.store.tally import PLAIN, Tally, apply_tallies, cancel_requests
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PAGE = 1000
 _CANCELLED = (JobStatus.CANCELLING, JobStatus.CANCELLED)
@@ -159,6 +162,13 @@ def cancel_job(
     job = get_job(session, tenant=tenant, job_id=job_id)
     if moved is None and job.status not in _CANCELLED:
         check_transition(job.status, JobStatus.CANCELLING)  # it completed since we read it
+    log.info(
+        "job %s cancelled: %d queued requests dropped, %d running may finish",
+        job_id,
+        tallies.get(job_id, Tally()).cancelled,
+        job.total - job.succeeded - job.failed - job.cancelled,
+        extra={"job_id": job_id, "tenant": tenant},
+    )
     return job
 
 

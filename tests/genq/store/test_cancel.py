@@ -108,3 +108,28 @@ def test_another_tenant_cannot_cancel(store: Database) -> None:
         cancel_job(session, tenant="mallory", job_id=job_id)
     with store.sessions.begin() as session:
         assert statuses(session, job_id) == [R.QUEUED, R.QUEUED]
+
+
+def test_a_cancel_is_logged_once_with_its_job_id(
+    store: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    with store.sessions.begin() as session:
+        job_id = add_job(session, n=2)
+        ids = request_ids(session, job_id)
+        claim(
+            session,
+            worker_id="w",
+            model=MODEL,
+            lease_seconds=LEASE,
+            request_ids=ids[:1],
+            now=at(0),
+        )
+    with caplog.at_level("INFO", logger="genq.store.jobs"):
+        for _ in range(2):  # the second cancel changes nothing and says nothing
+            with store.sessions.begin() as session:
+                cancel_job(session, tenant=TENANT, job_id=job_id, now=at(1))
+    (record,) = [r for r in caplog.records if r.name == "genq.store.jobs"]
+    assert record.job_id == job_id  # type: ignore[attr-defined]
+    assert record.getMessage() == (
+        f"job {job_id} cancelled: 1 queued requests dropped, 1 running may finish"
+    )
