@@ -6,11 +6,11 @@ error, so a poison request stops looping. Workers run it in a thread; ``genq rec
 from __future__ import annotations
 
 import logging
-import threading
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from genq.logs import id_chunks
+from genq.periodic import Periodic
 from genq.producer import Publisher, publish_announcements
 from genq.settings import Settings
 from genq.store import ReapReport, reap
@@ -47,30 +47,20 @@ def reconcile_once(
     return report
 
 
-class Reconciler:
+class Reconciler(Periodic):
     """Runs :func:`reconcile_once` every ``settings.reconcile_seconds`` in a daemon thread; a
     failed pass (database or queue away) is logged and the next one tries again."""
 
     def __init__(
         self, sessions: sessionmaker[Session], publisher: Publisher, settings: Settings
     ) -> None:
+        super().__init__(every=settings.reconcile_seconds, name="genq-reconciler")
         self.sessions = sessions
         self.publisher = publisher
         self.settings = settings
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="genq-reconciler", daemon=True)
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self, timeout: float | None = None) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.settings.reconcile_seconds):
-            try:
-                reconcile_once(self.sessions, self.publisher, self.settings)
-            except Exception:  # noqa: BLE001 - keep reconciling; the next pass may succeed
-                log.exception("reconciler pass failed")
+    def tick(self) -> None:
+        try:
+            reconcile_once(self.sessions, self.publisher, self.settings)
+        except Exception:  # noqa: BLE001 - keep reconciling; the next pass may succeed
+            log.exception("reconciler pass failed")

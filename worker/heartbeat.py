@@ -6,10 +6,10 @@ counting at once; one that dies ages out after ``genq.service.LIVE_SECONDS``."""
 from __future__ import annotations
 
 import logging
-import threading
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from genq.periodic import Periodic
 from genq.store.views import forget_worker, heartbeat
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ def forget(sessions: sessionmaker[Session], *, worker_id: str) -> None:
         )
 
 
-class Heartbeat:
+class Heartbeat(Periodic):
     """Beats for one worker every ``every`` seconds in a daemon thread, from :meth:`start` (the
     first beat at once) until :meth:`stop`, which drops the worker's row."""
 
@@ -55,24 +55,14 @@ class Heartbeat:
         model: str,
         every: float = HEARTBEAT_SECONDS,
     ) -> None:
+        super().__init__(every=every, name="genq-heartbeat", at_once=True)
         self.sessions = sessions
         self.worker_id = worker_id
         self.model = model
-        self.every = every
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="genq-heartbeat", daemon=True)
 
-    def start(self) -> None:
-        self._thread.start()
+    def tick(self) -> None:
+        beat(self.sessions, worker_id=self.worker_id, model=self.model)
 
     def stop(self, timeout: float | None = None) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
+        super().stop(timeout)
         forget(self.sessions, worker_id=self.worker_id)
-
-    def _loop(self) -> None:
-        while True:
-            beat(self.sessions, worker_id=self.worker_id, model=self.model)
-            if self._stop.wait(self.every):
-                return
