@@ -1,6 +1,6 @@
 """What every route needs: settings, the store's sessions, the queue publisher (none in the
-embedded mode, whose worker claims straight from the database), the keys checked lately, and
-whether short reads may run on the event loop."""
+embedded mode, whose worker claims straight from the database), the keys checked and the jobs
+read lately, and, for SQLite, the reader that runs short reads on the event loop."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from genq.auth import KeyCache
+from api.reads import InlineReader
 from genq.producer import Publisher
 from genq.settings import Settings
-from genq.store import make_engine, session_factory
+from genq.store import JobInfo, make_engine, session_factory
+from genq.ttlcache import TtlCache
 
 
 @dataclass(frozen=True)
@@ -20,16 +21,30 @@ class Context:
     settings: Settings
     sessions: sessionmaker[Session]
     publisher: Publisher | None
-    keys: KeyCache = field(init=False)
-    inline_reads: bool = field(init=False)
-    """The database is SQLite, in this process: see :func:`api.deps.run_read`."""
+    keys: TtlCache[str, str] = field(init=False)
+    """The tenants of keys checked lately, by key hash (unknown keys are never put)."""
+    jobs: TtlCache[tuple[str, str], JobInfo] = field(init=False)
+    """Jobs read lately, by tenant and id: what polls of one job are answered from."""
+    engine: Engine = field(init=False)
+    """The sessions' engine, for reads that skip a session: see :func:`api.deps.run_read`."""
+    inline: InlineReader | None = field(init=False)
+    """For SQLite, a file in this process, the reader that runs short reads right on the event
+    loop: see :func:`api.deps.run_read`."""
 
     def __post_init__(self) -> None:
         # Derived from the other fields; frozen, so set the way dataclasses' own __init__ does.
-        object.__setattr__(self, "keys", KeyCache(self.settings.key_cache_seconds))
+        object.__setattr__(self, "keys", TtlCache(self.settings.key_cache_seconds))
+        object.__setattr__(self, "jobs", TtlCache(self.settings.job_cache_seconds))
         bind = self.sessions.kw.get("bind")
-        sqlite = isinstance(bind, Engine) and bind.dialect.name == "sqlite"
-        object.__setattr__(self, "inline_reads", sqlite)
+        if not isinstance(bind, Engine):
+            raise TypeError("the context's sessions must be bound to an engine")
+        object.__setattr__(self, "engine", bind)
+        sqlite = bind.dialect.name == "sqlite"
+        object.__setattr__(self, "inline", InlineReader(bind) if sqlite else None)
+
+    @property
+    def inline_reads(self) -> bool:
+        return self.inline is not None
 
 
 def build_context(settings: Settings, *, distributed: bool) -> Context:

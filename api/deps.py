@@ -12,10 +12,12 @@ from functools import partial
 from typing import Annotated, TypeVar
 
 from fastapi import Depends, Header, Request
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from api.context import Context
+from api.reads import in_transaction
 from genq.auth import bearer_key, hash_key, tenant_of
 from genq.settings import Settings
 
@@ -53,19 +55,16 @@ def get_session(sessions: SessionsDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
-async def run_read(context: Context, query: Callable[[Session], T]) -> T:
-    """``query(session)`` in a transaction of its own. On SQLite it runs right on the event loop:
-    the database is a file in this process, a read by key takes a fraction of a millisecond and,
-    in WAL mode, never waits for a writer, so the thread pool would cost more than the read. A
-    networked database can stall, so there the read goes to the thread pool."""
-    if context.inline_reads:
-        return _in_transaction(context.sessions, query)
-    return await run_in_threadpool(_in_transaction, context.sessions, query)
-
-
-def _in_transaction(sessions: sessionmaker[Session], query: Callable[[Session], T]) -> T:
-    with sessions.begin() as session:
-        return query(session)
+async def run_read(context: Context, query: Callable[[Connection], T]) -> T:
+    """``query(connection)``, one statement, on a bare connection: a session's bookkeeping would
+    cost more than the read. On SQLite it runs right on the event loop (see
+    :class:`api.reads.InlineReader`): the database is a file in this process, a read by key
+    takes a fraction of a millisecond and, in WAL mode, never waits for a writer, so the thread
+    pool would cost more than the read. A networked database can stall, so there the read goes
+    to the thread pool, in a transaction of its own."""
+    if context.inline is not None:
+        return context.inline.read(query)
+    return await run_in_threadpool(in_transaction, context.engine, query)
 
 
 async def get_tenant(

@@ -4,7 +4,7 @@ it): the time to accept a 50,000-request job, then GET /v1/jobs/{id} latency und
 concurrent pollers while the worker generates that job on the tiny-gpt2 test model. Numbers,
 not pass/fail:
 
-    .venv/bin/python bench/service.py --count 50000 --pollers 50 --polls 20 [--interval 1]
+    .venv/bin/python bench/service.py --count 50000 --pollers 50 --polls 100 [--interval 1]
 
 Polling starts once the worker has finished some requests, and the requests it finishes during
 the polling window are printed: the proof that it was generating all along.
@@ -39,7 +39,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--count", type=int, default=50_000, help="requests in the job")
     parser.add_argument("--pollers", type=int, default=50)
-    parser.add_argument("--polls", type=int, default=20, help="polls per poller")
+    parser.add_argument("--polls", type=int, default=100, help="polls per poller")
     parser.add_argument(
         "--interval",
         type=float,
@@ -47,11 +47,17 @@ def main() -> None:
         help="seconds a poller waits between polls (genq submit --wait: 1); 0: back to back",
     )
     parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument(
+        "--job-cache-seconds",
+        type=float,
+        default=None,
+        help="GENQ_JOB_CACHE_SECONDS for the service (0: every poll reads the database)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         port = _free_port()
         base = f"http://127.0.0.1:{port}"
-        child, key = _start_service(Path(tmp), port)
+        child, key = _start_service(Path(tmp), port, args.job_cache_seconds)
         try:
             _run(args, base, {"Authorization": f"Bearer {key}"})
         finally:
@@ -108,7 +114,9 @@ def _run(args: argparse.Namespace, base: str, headers: dict[str, str]) -> None:
         print("no batch landed during the window, so it proves nothing: raise --polls")
 
 
-def _start_service(tmp: Path, port: int) -> tuple[subprocess.Popen[str], str]:
+def _start_service(
+    tmp: Path, port: int, job_cache_seconds: float | None
+) -> tuple[subprocess.Popen[str], str]:
     """`genq serve` on a fresh database in ``tmp``; returns the process and the key it prints."""
     env = {
         **os.environ,
@@ -116,6 +124,8 @@ def _start_service(tmp: Path, port: int) -> tuple[subprocess.Popen[str], str]:
         "GENQ_DEFAULT_MODEL": MODEL,
         "GENQ_DEVICE": "cpu",
     }
+    if job_cache_seconds is not None:
+        env["GENQ_JOB_CACHE_SECONDS"] = str(job_cache_seconds)
     command = [sys.executable, "-m", "genq", "serve", "--port", str(port), "--tenant", "bench"]
     root = Path(__file__).resolve().parents[1]
     child = subprocess.Popen(command, env=env, cwd=root, stdout=subprocess.PIPE, text=True)

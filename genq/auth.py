@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import time
-from collections.abc import Callable
 from datetime import datetime
 
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from genq.errors import Unauthorized
+from genq.store.db import Reader
 from genq.store.tables import ApiKey, new_id, utcnow
 
 KEY_PREFIX = "gq_"
-
-KEY_CACHE_SIZE = 10_000
-"""Most keys a :class:`KeyCache` remembers; past it, it forgets them all and starts again."""
 
 
 def hash_key(key: str) -> str:
@@ -52,7 +48,7 @@ def bearer_key(authorization: str | None) -> str:
     return key.strip()
 
 
-def tenant_of(session: Session, *, key_hash: str) -> str:
+def tenant_of(session: Reader, *, key_hash: str) -> str:
     """The tenant of the unrevoked key with this hash; :class:`Unauthorized` otherwise."""
     tenant = session.scalar(
         select(ApiKey.tenant).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
@@ -60,27 +56,3 @@ def tenant_of(session: Session, *, key_hash: str) -> str:
     if tenant is None:
         raise Unauthorized("invalid API key")
     return tenant
-
-
-class KeyCache:
-    """The tenants of keys checked in the last ``ttl`` seconds, by key hash, so that a client
-    polling several times a second costs no key lookup. A key revoked in the database keeps
-    working for at most ``ttl`` seconds where it was checked; unknown keys are never cached."""
-
-    def __init__(self, ttl: float, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self.ttl = ttl
-        self.clock = clock
-        self._tenants: dict[str, tuple[str, float]] = {}
-
-    def get(self, key_hash: str) -> str | None:
-        entry = self._tenants.get(key_hash)
-        if entry is None or entry[1] <= self.clock():
-            return None
-        return entry[0]
-
-    def put(self, key_hash: str, tenant: str) -> None:
-        if self.ttl <= 0:
-            return
-        if len(self._tenants) >= KEY_CACHE_SIZE:
-            self._tenants = {}
-        self._tenants[key_hash] = (tenant, self.clock() + self.ttl)

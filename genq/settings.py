@@ -56,6 +56,11 @@ DEFAULT_KEY_CACHE_SECONDS = 5.0
 """How long an API process trusts an API key it has checked before checking it again: a revoked
 key keeps working for up to this long. 0 checks the key on every request."""
 
+DEFAULT_JOB_CACHE_SECONDS = 0.25
+"""How long an API process answers ``GET /v1/jobs/{id}`` from the job as it last read it: many
+clients polling one job cost one database read per this long. A cancel through the same process
+shows at once. 0 reads the database on every poll."""
+
 
 def _default_database_url() -> str:
     return f"sqlite:///{Path(user_data_dir('genq')) / 'genq.db'}"
@@ -84,6 +89,7 @@ class Settings(BaseSettings):
     max_job_requests: int = Field(default=DEFAULT_MAX_JOB_REQUESTS, ge=1)
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1)
     key_cache_seconds: float = Field(default=DEFAULT_KEY_CACHE_SECONDS, ge=0)
+    job_cache_seconds: float = Field(default=DEFAULT_JOB_CACHE_SECONDS, ge=0)
     # Long-running commands (worker, serve, api, reconcile) log text lines, or JSON lines that
     # carry job, request, batch and worker ids as fields (genq.logs).
     log_format: Literal["text", "json"] = "text"

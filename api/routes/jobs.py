@@ -54,8 +54,12 @@ def index(
 
 @router.get("/{job_id}")
 async def read(job_id: str, tenant: TenantDep, context: ContextDep) -> dict[str, Any]:
-    # Clients poll this route: async, with run_read, it costs no trip through the thread pool.
-    job = await run_read(context, partial(get_job, tenant=tenant, job_id=job_id))
+    # Clients poll this route: async, with run_read, it costs no trip through the thread pool,
+    # and many clients polling one job share a read (GENQ_JOB_CACHE_SECONDS).
+    job = context.jobs.get((tenant, job_id))
+    if job is None:
+        job = await run_read(context, partial(get_job, tenant=tenant, job_id=job_id))
+        context.jobs.put((tenant, job_id), job)
     return service.job_public(job)
 
 
@@ -90,5 +94,8 @@ def results(
 
 
 @router.post("/{job_id}/cancel")
-def cancel(job_id: str, session: SessionDep, tenant: TenantDep) -> dict[str, Any]:
-    return service.job_public(cancel_job(session, tenant=tenant, job_id=job_id))
+def cancel(job_id: str, tenant: TenantDep, context: ContextDep) -> dict[str, Any]:
+    with context.sessions.begin() as session:
+        job = cancel_job(session, tenant=tenant, job_id=job_id)
+    context.jobs.put((tenant, job_id), job)  # committed: polls through this process see it now
+    return service.job_public(job)

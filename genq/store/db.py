@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import (
     JSON,
+    Connection,
     Dialect,
     Engine,
     Table,
@@ -28,6 +29,10 @@ from genq.store.tables import Base
 # Alembic's directory: the top-level migrations/ next to the genq package, in a source checkout
 # and in site-packages alike (the wheel ships it as a package: see pyproject.toml).
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+
+Reader: TypeAlias = Session | Connection
+"""What a read runs on: a session, or a bare connection where a read is hot (a poll), since a
+session's own bookkeeping costs more than a short read by key."""
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
 """How long a SQLite writer waits for another before giving up with 'database is locked'."""

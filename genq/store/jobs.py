@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from genq.errors import InvalidRequest, JobNotFound
 from genq.params import GenerationParams
-from genq.store.db import bulk_insert
+from genq.store.db import Reader, bulk_insert
 from genq.store.records import Choice, JobInfo, NewRequest, ResultRow
 from genq.store.status import JobStatus, RequestStatus, check_transition, sources
 from genq.store.tables import (
@@ -113,7 +113,7 @@ def create_job(
     return job_id
 
 
-def get_job(session: Session, *, tenant: str, job_id: str) -> JobInfo:
+def get_job(session: Reader, *, tenant: str, job_id: str) -> JobInfo:
     """The job, if it belongs to ``tenant``; :class:`JobNotFound` otherwise."""
     row = session.execute(_JOB_BY_ID, {"job_id": job_id, "tenant": tenant}).one_or_none()
     if row is None:

@@ -85,10 +85,12 @@ def test_reads_run_on_the_event_loop_for_sqlite(make_service: Callable[..., Serv
     assert ran_on == loop
 
 
-def test_reads_go_to_the_thread_pool_for_a_networked_database() -> None:
-    # Never connects: the query touches no table, and a session connects on first use.
-    engine = create_engine("postgresql+psycopg://genq@127.0.0.1:1/genq")
+def test_reads_go_to_the_thread_pool_for_a_networked_database(
+    postgres_url: Callable[[], str],
+) -> None:
+    engine = create_engine(postgres_url())
     context = Context(Settings(), session_factory(engine), None)
     assert not context.inline_reads
     loop, ran_on = _threads(context)
+    engine.dispose()
     assert ran_on != loop

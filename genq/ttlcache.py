@@ -1,0 +1,38 @@
+"""A small in-process cache whose entries expire: what the API remembers between requests."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+CACHE_SIZE = 10_000
+"""Most entries a cache holds; past it, it forgets them all and starts again."""
+
+
+class TtlCache(Generic[K, V]):
+    """Values put in the last ``ttl`` seconds, by key; ``ttl`` 0 remembers nothing."""
+
+    def __init__(self, ttl: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self.clock = clock
+        self._entries: dict[K, tuple[V, float]] = {}
+
+    def get(self, key: K) -> V | None:
+        entry = self._entries.get(key)
+        if entry is None or entry[1] <= self.clock():
+            return None
+        return entry[0]
+
+    def put(self, key: K, value: V) -> None:
+        if self.ttl <= 0:
+            return
+        if len(self._entries) >= CACHE_SIZE:
+            self._entries = {}
+        self._entries[key] = (value, self.clock() + self.ttl)
+
+    def forget(self, key: K) -> None:
+        self._entries.pop(key, None)

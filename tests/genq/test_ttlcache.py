@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from genq import ttlcache
+from genq.ttlcache import TtlCache
+
+
+def test_a_value_lasts_its_time_and_no_longer() -> None:
+    now = [100.0]
+    cache: TtlCache[str, int] = TtlCache(2.0, clock=lambda: now[0])
+    cache.put("a", 1)
+    now[0] += 1.9
+    assert cache.get("a") == 1
+    now[0] += 0.2
+    assert cache.get("a") is None
+    assert cache.get("never put") is None
+
+
+def test_no_time_remembers_nothing() -> None:
+    cache: TtlCache[str, int] = TtlCache(0)
+    cache.put("a", 1)
+    assert cache.get("a") is None
+
+
+def test_forget_drops_one_key() -> None:
+    cache: TtlCache[str, int] = TtlCache(60)
+    cache.put("a", 1)
+    cache.put("b", 2)
+    cache.forget("a")
+    cache.forget("not there")
+    assert (cache.get("a"), cache.get("b")) == (None, 2)
+
+
+def test_a_full_cache_starts_again(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(ttlcache, "CACHE_SIZE", 3)
+    cache: TtlCache[int, int] = TtlCache(60)
+    for n in range(3):
+        cache.put(n, n)
+    cache.put(3, 3)
+    assert [cache.get(n) for n in range(4)] == [None, None, None, 3]
