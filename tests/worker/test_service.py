@@ -333,3 +333,19 @@ def test_log_lines_name_their_batch_requests_jobs_and_worker(
         job_of(rt, b[1]),
         "w-logs",
     )
+
+
+def test_a_loaded_engine_leaves_the_collector_only_new_objects(
+    tiny: LoadedModel, tiny_cache: Path
+) -> None:
+    import gc
+
+    from worker.service import model_engine
+
+    gc.unfreeze()
+    assert gc.get_freeze_count() == 0
+    engine = model_engine(Settings(model_cache=tiny_cache, device="cpu"), "tiny-gpt2")()
+    assert isinstance(engine, Engine)
+    # The model, the libraries and all else alive now: out of every later full collection.
+    assert gc.get_freeze_count() > 10_000
+    assert len(gc.get_objects()) < gc.get_freeze_count()
