@@ -86,21 +86,18 @@ def _run(args: argparse.Namespace, base: str, headers: dict[str, str]) -> None:
         before = client.get(f"/v1/jobs/{job_id}").json()
         window = time.perf_counter()
         path = f"/v1/jobs/{job_id}"
-        latencies = asyncio.run(
-            _poll_all(base, headers, path, args.pollers, args.polls, args.interval)
-        )
+        runs = asyncio.run(_poll_all(base, headers, path, args.pollers, args.polls, args.interval))
         window = time.perf_counter() - window
         after = client.get(f"/v1/jobs/{job_id}").json()
-    latencies.sort()
-    p99 = latencies[max(0, round(len(latencies) * 0.99) - 1)]
     finished = _done(after) - _done(before)
     pace = f"every {args.interval:g} s" if args.interval else "back to back"
     print(
         f"poll GET /v1/jobs/{{id}} while the job runs, {args.pollers} pollers x {args.polls} "
-        f"{pace}: "
-        f"median {statistics.median(latencies) * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, "
-        f"max {latencies[-1] * 1000:.1f} ms"
+        f"{pace}, each on its own keep-alive connection:"
     )
+    print(f"  polls on open connections: {_summary([t for run in runs for t in run[1:]])}")
+    print(f"  first poll of each new connection: {_summary([run[0] for run in runs])}")
+    print(f"  all polls: {_summary([t for run in runs for t in run])}")
     print(
         f"worker alone for {QUIET_S:.0f} s before polling: "
         f"{(_done(before) - _done(quiet)) / QUIET_S:.0f} requests/s"
@@ -166,14 +163,15 @@ def _wait_running(client: httpx.Client, job_id: str) -> dict[str, Any]:
 
 async def _poll_all(
     base: str, headers: dict[str, str], path: str, pollers: int, polls: int, interval: float
-) -> list[float]:
-    latencies: list[float] = []
+) -> list[list[float]]:
+    """Each poller's latencies, in the order of its polls."""
     # Pollers that wait start spread over one interval, as independent clients would be.
     starts = [interval * n / pollers for n in range(pollers)]
-    await asyncio.gather(
-        *(_poller(base, headers, path, polls, interval, start, latencies) for start in starts)
+    return list(
+        await asyncio.gather(
+            *(_poller(base, headers, path, polls, interval, start) for start in starts)
+        )
     )
-    return latencies
 
 
 async def _poller(
@@ -183,8 +181,7 @@ async def _poller(
     polls: int,
     interval: float,
     start: float,
-    latencies: list[float],
-) -> None:
+) -> list[float]:
     """``polls`` GETs of ``path`` on one keep-alive connection, ``interval`` seconds apart after
     a first wait of ``start``. Plain HTTP/1.1 on asyncio streams: httpx spends more CPU per
     request than the server does, and on a small machine the pollers share the CPUs with the
@@ -198,6 +195,7 @@ async def _poller(
     ]
     request = ("\r\n".join(lines) + "\r\n\r\n").encode()
     await asyncio.sleep(start)
+    latencies: list[float] = []
     try:
         for n in range(polls):
             if n:
@@ -214,6 +212,16 @@ async def _poller(
     finally:
         writer.close()
         await writer.wait_closed()
+    return latencies
+
+
+def _summary(latencies: list[float]) -> str:
+    ordered = sorted(latencies)
+    p99 = ordered[max(0, round(len(ordered) * 0.99) - 1)]
+    return (
+        f"median {statistics.median(ordered) * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, "
+        f"max {ordered[-1] * 1000:.1f} ms ({len(ordered)} polls)"
+    )
 
 
 def _done(job: dict[str, Any]) -> int:
