@@ -1,5 +1,5 @@
-"""Histograms for /metrics, and the batch histograms kept up to date incrementally: a scrape
-reads the batches recorded since the last scrape, not the whole ``batches`` table."""
+"""Histograms for /metrics, kept up to date incrementally: a scrape reads the batches recorded
+and the jobs finished since the last scrape, not the whole ``batches`` and ``jobs`` tables."""
 
 from __future__ import annotations
 
@@ -8,15 +8,17 @@ import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from itertools import accumulate
 
 from prometheus_client.core import HistogramMetricFamily, Metric
 from sqlalchemy.orm import Session
 
-from genq.store.views import batch_shapes
+from genq.store.views import batch_shapes, finished_jobs
 
 BATCH_ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 EFFICIENCY = (0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
+LATENCY = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
 
 BATCH_PAGE = 10_000
 """Batches read per query while catching up."""
@@ -28,6 +30,15 @@ long belonged to a write that rolled back."""
 
 MAX_GAPS = 10_000
 """Most missing ids looked for at once (a bound on each scrape's query, whatever happened)."""
+
+JOB_PAGE = 10_000
+"""Finished jobs read per query while catching up."""
+
+LATE_SECONDS = 60.0
+"""How far before the latest finish seen a scrape looks again for finished jobs. A job's finish
+time is stamped before its transaction commits, on the clock of the worker that finished it, so
+a job can become visible after one that finished later; one that shows up later than this is
+never counted."""
 
 
 @dataclass
@@ -106,3 +117,38 @@ class BatchHistograms:
                     "genq_batch_padding_efficiency", "Real / padded prompt tokens per batch"
                 ),
             ]
+
+
+class JobLatency:
+    """Creation-to-finish time of every finished job, kept by one API process. Each
+    :meth:`update` reads the jobs finished since :data:`LATE_SECONDS` before the latest finish
+    seen, by index, and counts those it has not counted yet."""
+
+    def __init__(self) -> None:
+        self.latency = Buckets(LATENCY)
+        self.latest: datetime | None = None
+        self.counted: dict[str, datetime] = {}  # the jobs finished within the late window
+        self._lock = threading.Lock()
+
+    def update(self, session: Session) -> None:
+        with self._lock:
+            late = timedelta(seconds=LATE_SECONDS)
+            cursor = None if self.latest is None else (self.latest - late, "")
+            while True:
+                jobs = finished_jobs(session, after=cursor, limit=JOB_PAGE)
+                for job_id, created, finished in jobs:
+                    if job_id not in self.counted:
+                        self.latency.observe((finished - created).total_seconds())
+                        self.counted[job_id] = finished
+                    if self.latest is None or finished > self.latest:
+                        self.latest = finished
+                if self.latest is not None:  # pages come in finish order: prune as they come
+                    horizon = self.latest - late
+                    self.counted = {i: f for i, f in self.counted.items() if f >= horizon}
+                if len(jobs) < JOB_PAGE:
+                    break
+                cursor = (jobs[-1][2], jobs[-1][0])
+
+    def family(self) -> Metric:
+        with self._lock:
+            return self.latency.family("genq_job_latency_seconds", "Job creation to finish")

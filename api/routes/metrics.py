@@ -1,6 +1,7 @@
 """Prometheus metrics, read from the store at scrape time: the database is the authority, so
-every API process reports the same numbers whichever worker did the work. The batch histograms
-are kept in the process and read incrementally (api.histograms); the rest is read whole."""
+every API process reports the same numbers whichever worker did the work. The batch and job
+latency histograms are kept in the process and read incrementally (api.histograms); the rest is
+counted at each scrape."""
 
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ from sqlalchemy import func, select
 
 from api.context import Context
 from api.deps import ContextDep
-from api.histograms import BatchHistograms, Buckets
+from api.histograms import BatchHistograms, JobLatency
 from genq.service import LIVE_SECONDS
-from genq.store.tables import Job, Result, utcnow
+from genq.store.tables import Result, utcnow
 from genq.store.views import live_workers, queue_depths, request_counts
 
 router = APIRouter(tags=["metrics"])
@@ -26,24 +27,23 @@ router = APIRouter(tags=["metrics"])
 RATE_SECONDS = 60.0
 """Generated tokens/s is averaged over this many seconds."""
 
-LATENCY = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
-
 _made = threading.Lock()
 
 
-def batch_histograms(app: FastAPI) -> BatchHistograms:
-    """The app's batch histograms, made on its first scrape."""
+def histograms(app: FastAPI) -> tuple[BatchHistograms, JobLatency]:
+    """The app's histograms, made on its first scrape."""
     with _made:
-        if not hasattr(app.state, "batch_histograms"):
-            app.state.batch_histograms = BatchHistograms()
-    histograms: BatchHistograms = app.state.batch_histograms
-    return histograms
+        if not hasattr(app.state, "histograms"):
+            app.state.histograms = (BatchHistograms(), JobLatency())
+    made: tuple[BatchHistograms, JobLatency] = app.state.histograms
+    return made
 
 
 class StoreCollector:
-    def __init__(self, context: Context, batches: BatchHistograms) -> None:
+    def __init__(self, context: Context, batches: BatchHistograms, jobs: JobLatency) -> None:
         self.context = context
         self.batches = batches
+        self.jobs = jobs
 
     def collect(self) -> Iterator[Metric]:
         now = utcnow()
@@ -53,14 +53,12 @@ class StoreCollector:
             counts = request_counts(session)
             workers = live_workers(session, within_seconds=LIVE_SECONDS, now=now)
             self.batches.update(session)
+            self.jobs.update(session)
             tokens = session.scalar(
                 select(func.coalesce(func.sum(Result.completion_tokens), 0)).where(
                     Result.finished_at >= since
                 )
             )
-            jobs = session.execute(
-                select(Job.created_at, Job.finished_at).where(Job.finished_at.is_not(None))
-            ).all()
         gauge = GaugeMetricFamily("genq_queue_depth", "Queued requests per model", labels=["model"])
         for model, count in depth.items():
             gauge.add_metric([model], count)
@@ -81,13 +79,12 @@ class StoreCollector:
             value=float(tokens or 0) / RATE_SECONDS,
         )
         yield from self.batches.families()
-        latency = Buckets.of(LATENCY, ((f - c).total_seconds() for c, f in jobs if f))
-        yield latency.family("genq_job_latency_seconds", "Job creation to finish")
+        yield self.jobs.family()
 
 
 @router.get("/metrics")
 def metrics(request: Request, context: ContextDep) -> Response:
     registry = CollectorRegistry(auto_describe=False)
-    collector = StoreCollector(context, batch_histograms(request.app))
+    collector = StoreCollector(context, *histograms(request.app))
     registry.register(collector)  # type: ignore[arg-type]
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

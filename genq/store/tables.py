@@ -104,7 +104,7 @@ class Base(DeclarativeBase):
 
 class Job(Base):
     __tablename__ = "jobs"
-    __table_args__ = (Index(None, "tenant", "created_at"),)
+    __table_args__ = (Index(None, "tenant", "created_at"), Index(None, "finished_at"))
 
     id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
     tenant: Mapped[str] = mapped_column(String(MAX_NAME_LENGTH), server_default=DEFAULT_TENANT)
@@ -158,6 +158,7 @@ class Request(Base):
 
 class Result(Base):
     __tablename__ = "results"
+    __table_args__ = (Index(None, "finished_at"),)
 
     # The primary key is the request: a second result for one request cannot be stored.
     request_id: Mapped[str] = mapped_column(

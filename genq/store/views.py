@@ -118,3 +118,18 @@ def batch_shapes(
     query = select(Batch.id, Batch.rows, Batch.prompt_efficiency).where(where)
     rows = session.execute(query.order_by(Batch.id).limit(limit))
     return [(int(i), int(r), float(e)) for i, r, e in rows]
+
+
+def finished_jobs(
+    session: Session, *, after: tuple[datetime, str] | None = None, limit: int = 10_000
+) -> list[tuple[str, datetime, datetime]]:
+    """(id, created_at, finished_at) of the finished jobs past ``after`` in (finished_at, id)
+    order, at most ``limit``: a keyset page, by index however many jobs there are."""
+    query = select(Job.id, Job.created_at, Job.finished_at).where(Job.finished_at.is_not(None))
+    if after is not None:
+        finished, job_id = after
+        query = query.where(
+            or_(Job.finished_at > finished, and_(Job.finished_at == finished, Job.id > job_id))
+        )
+    rows = session.execute(query.order_by(Job.finished_at, Job.id).limit(limit))
+    return [(str(i), c, f) for i, c, f in rows if f is not None]

@@ -1,16 +1,20 @@
-"""The batch histograms /metrics keeps per process: read incrementally, late commits counted."""
+"""The histograms /metrics keeps per process: read incrementally, late commits counted once."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from api import histograms
-from api.histograms import GAP_SECONDS, BatchHistograms, Buckets
-from genq.store.tables import Batch, utcnow
+from api.histograms import GAP_SECONDS, BatchHistograms, Buckets, JobLatency
+from genq.store import JobStatus
+from genq.store.tables import Batch, Job, utcnow
+from genq.store.views import finished_jobs
 from tests.api.conftest import Service
 
 
@@ -87,3 +91,68 @@ def test_catching_up_reads_page_after_page(
     h = BatchHistograms()
     update(h, sessions)
     assert (sum(h.rows.counts), h.rows.total, h.last_id, h.gaps) == (7, 28, 7, {})
+
+
+def add_finished_jobs(sessions: sessionmaker[Session], *jobs: tuple[str, float, float]) -> None:
+    """Finished jobs of (id, seconds from a fixed start to creation, to finish)."""
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    with sessions.begin() as session:
+        for job_id, created, finished in jobs:
+            session.execute(
+                insert(Job).values(
+                    id=job_id,
+                    tenant="a",
+                    model="tiny-gpt2",
+                    params={},
+                    status=JobStatus.COMPLETED,
+                    total=1,
+                    succeeded=1,
+                    failed=0,
+                    cancelled=0,
+                    prompt_tokens=1,
+                    completion_tokens=1,
+                    created_at=start + timedelta(seconds=created),
+                    finished_at=start + timedelta(seconds=finished),
+                )
+            )
+
+
+def update_jobs(h: JobLatency, sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as session:
+        h.update(session)
+
+
+def test_job_latency_counts_each_finished_job_once(make_service: Callable[..., Service]) -> None:
+    sessions = make_service().context.sessions
+    h = JobLatency()
+    add_finished_jobs(sessions, ("job_a", 0, 2), ("job_b", 0, 100))
+    update_jobs(h, sessions)
+    assert (sum(h.latency.counts), h.latency.total) == (2, 102)
+    update_jobs(h, sessions)
+    assert (sum(h.latency.counts), h.latency.total) == (2, 102)  # nothing counted twice
+    # Committed after job_b but finished before it, within the late window: counted now.
+    add_finished_jobs(sessions, ("job_c", 50, 90), ("job_d", 100, 400))
+    update_jobs(h, sessions)
+    assert (sum(h.latency.counts), h.latency.total) == (4, 442)
+    assert set(h.counted) == {"job_d"}  # older finishes are no longer looked at
+
+
+def test_job_latency_never_rereads_what_is_past_the_late_window(
+    make_service: Callable[..., Service], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(histograms, "JOB_PAGE", 2)
+    sessions = make_service().context.sessions
+    add_finished_jobs(sessions, *[(f"job_{i}", 0, 1000 * i) for i in range(1, 8)])
+    h = JobLatency()
+    update_jobs(h, sessions)
+    assert (sum(h.latency.counts), h.latency.total, set(h.counted)) == (7, 28_000, {"job_7"})
+    read: list[str] = []
+
+    def counting(*args: Any, **kwargs: Any) -> list[tuple[str, datetime, datetime]]:
+        jobs = finished_jobs(*args, **kwargs)
+        read.extend(job_id for job_id, _, _ in jobs)
+        return jobs
+
+    monkeypatch.setattr(histograms, "finished_jobs", counting)
+    update_jobs(h, sessions)
+    assert (sum(h.latency.counts), read) == (7, ["job_7"])  # the late window only
