@@ -193,7 +193,7 @@ def render(
     out: dict[str, Any] = {"id": f"batch_req_{uuid.uuid4().hex}", "custom_id": line.custom_id}
     if error is not None:
         field = line.error.field if line.error is not None else None
-        body = {
+        body: dict[str, Any] = {
             "error": {
                 "message": error,
                 "type": "invalid_request_error",

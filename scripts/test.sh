@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/python -m ruff check genq worker api tests bench migrations
+.venv/bin/python -m mypy genq worker api
 .venv/bin/python -m pytest "$@"

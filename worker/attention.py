@@ -18,7 +18,7 @@ from contextvars import ContextVar
 from typing import Any
 
 import torch
-from transformers import AttentionInterface
+from transformers import AttentionInterface, PreTrainedModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
@@ -58,7 +58,7 @@ def spanned_sdpa(
     return torch.cat(outputs), None
 
 
-def install(model: torch.nn.Module) -> bool:
+def install(model: PreTrainedModel) -> bool:
     """Switch a model that uses SDPA to the spanned kind; False (and no change) otherwise."""
     if getattr(model.config, "_attn_implementation", None) != "sdpa":
         return False

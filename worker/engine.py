@@ -7,13 +7,14 @@ import secrets
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from transformers import (
     Cache,
     DynamicLayer,
     GenerationConfig,
+    GenerationMixin,
     LogitsProcessorList,
     MinNewTokensLengthLogitsProcessor,
     NoRepeatNGramLogitsProcessor,
@@ -26,7 +27,7 @@ from worker import attention
 from worker.kvcache import PreallocatedLayer, stack_left_padded
 from worker.planner import DEFAULT_STEP_COST, Batch, PlanItem, plan, prefill_chunks, split
 from worker.sampling import RepetitionPenalty, RowSampler, StopStrings, cut_at_stop, row_seed
-from worker.types import BatchReport, Choice, GenRequest, GenResult
+from worker.types import BatchReport, Choice, FinishReason, GenRequest, GenResult
 
 if TYPE_CHECKING:
     from genq.settings import Settings
@@ -315,10 +316,13 @@ class Engine:
         while alive and produced < max_new_tokens:
             if prefilled is not None and produced == 0:
                 with torch.inference_mode():
-                    scores = processors(sequences, prefilled.logits)
+                    ids = cast(torch.LongTensor, sequences)
+                    scores = processors(ids, cast(torch.FloatTensor, prefilled.logits))
                     sequences = torch.cat([sequences, scores.argmax(-1, keepdim=True)], dim=1)
                     if stop_criterion:
-                        stop_criterion(sequences, scores)
+                        stop_criterion(
+                            cast(torch.LongTensor, sequences), cast(torch.FloatTensor, scores)
+                        )
             else:
                 config = GenerationConfig(
                     max_new_tokens=min(self.prune_every, max_new_tokens - produced),
@@ -330,7 +334,7 @@ class Engine:
                 first_real = (mask.shape[1] - mask.sum(-1)).tolist()
                 spans = attention.plan_spans(first_real) if self._spanned else None
                 with torch.inference_mode(), attention.row_spans(spans):
-                    out = loaded.model.generate(
+                    out = cast(GenerationMixin, loaded.model).generate(
                         input_ids=sequences,
                         attention_mask=mask,
                         cache=cache,
@@ -396,7 +400,7 @@ class Engine:
             except Exception as exc:  # noqa: BLE001
                 errors[key] = f"decode failed: {type(exc).__name__}: {exc}"
                 continue
-            reason = "stop" if ended[r] or hit_stop else "length"
+            reason: FinishReason = "stop" if ended[r] or hit_stop else "length"
             choices[key].append(Choice(text, reason, len(kept[r])))
         return [
             GenResult(key=m.request.key, error=errors[m.request.key])

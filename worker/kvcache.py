@@ -45,7 +45,7 @@ class PreallocatedLayer(DynamicLayer):
         self._values[:, :, self._length : end] = value_states
         self._length = end
         self._expose()
-        return self.keys, self.values
+        return self._keys[:, :, :end], self._values[:, :, :end]
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         self._keys = self._keys[indices]

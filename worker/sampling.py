@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from transformers import (
@@ -61,7 +62,7 @@ class RowSampler(LogitsProcessor):
         targets = draws.to(cdf.device).unsqueeze(1) * cdf[:, -1:]
         tokens = torch.searchsorted(cdf, targets, right=True).clamp_(max=cdf.shape[-1] - 1)
         picked = torch.full_like(scores, float("-inf"))
-        return picked.scatter_(1, tokens, 0.0)
+        return cast(torch.FloatTensor, picked.scatter_(1, tokens, 0.0))
 
 
 class RepetitionPenalty(LogitsProcessor):
@@ -80,7 +81,7 @@ class RepetitionPenalty(LogitsProcessor):
         real = positions.unsqueeze(0) >= self.first_real.to(input_ids.device).unsqueeze(1)
         seen = torch.zeros_like(scores).scatter_add_(1, input_ids, real.to(scores.dtype)) > 0
         penalised = torch.where(scores < 0, scores * self.penalty, scores / self.penalty)
-        return torch.where(seen, penalised, scores)
+        return cast(torch.FloatTensor, torch.where(seen, penalised, scores))
 
 
 class StopStrings(StoppingCriteria):

@@ -7,6 +7,7 @@ declarations."""
 from __future__ import annotations
 
 import base64
+import builtins
 import secrets
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -217,7 +218,7 @@ class File(Base):
     purpose: Mapped[str] = mapped_column(String(32))
     filename: Mapped[str] = mapped_column(String(MAX_CUSTOM_ID_LENGTH))
     bytes: Mapped[int] = mapped_column(Integer)
-    content: Mapped[bytes] = mapped_column(LargeBinary)
+    content: Mapped[builtins.bytes] = mapped_column(LargeBinary)  # the class has its own "bytes"
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
