@@ -1,5 +1,7 @@
-"""Indexes on jobs.finished_at and results.finished_at: /metrics reads the jobs finished since
-its last scrape and the results of the last minute, not the whole tables.
+"""Indexes on jobs.finished_at and results.finished_at.
+
+/metrics reads the jobs finished since its last scrape and the results of the last minute, not
+the whole tables.
 
 Revision ID: 0004
 Revises: 0003
