@@ -42,10 +42,6 @@ class Context:
         sqlite = bind.dialect.name == "sqlite"
         object.__setattr__(self, "inline", InlineReader(bind) if sqlite else None)
 
-    @property
-    def inline_reads(self) -> bool:
-        return self.inline is not None
-
 
 def build_context(settings: Settings, *, distributed: bool) -> Context:
     """Sessions on ``settings.database_url``; with ``distributed`` a Celery publisher on

@@ -14,6 +14,7 @@ from itertools import accumulate
 from prometheus_client.core import HistogramMetricFamily, Metric
 from sqlalchemy.orm import Session
 
+from genq.store.tables import utcnow
 from genq.store.views import batch_shapes, finished_jobs
 
 BATCH_ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -35,10 +36,11 @@ JOB_PAGE = 10_000
 """Finished jobs read per query while catching up."""
 
 LATE_SECONDS = 60.0
-"""How far before the latest finish seen a scrape looks again for finished jobs. A job's finish
-time is stamped before its transaction commits, on the clock of the worker that finished it, so
-a job can become visible after one that finished later; one that shows up later than this is
-never counted."""
+"""How far before the latest finish seen (or before now, if that is earlier: a worker whose
+clock runs ahead stamps finishes in the future) a scrape looks again for finished jobs. A job's
+finish time is stamped before its transaction commits, on the clock of the process that
+finished it, so a job can become visible after one that finished later; one that becomes
+visible more than this long after its stamp, by the API's clock, is never counted."""
 
 
 @dataclass
@@ -130,10 +132,10 @@ class JobLatency:
         self.counted: dict[str, datetime] = {}  # the jobs finished within the late window
         self._lock = threading.Lock()
 
-    def update(self, session: Session) -> None:
+    def update(self, session: Session, *, now: datetime | None = None) -> None:
         with self._lock:
-            late = timedelta(seconds=LATE_SECONDS)
-            cursor = None if self.latest is None else (self.latest - late, "")
+            now = now or utcnow()
+            cursor = None if self.latest is None else (self._horizon(now), "")
             while True:
                 jobs = finished_jobs(session, after=cursor, limit=JOB_PAGE)
                 for job_id, created, finished in jobs:
@@ -143,11 +145,15 @@ class JobLatency:
                     if self.latest is None or finished > self.latest:
                         self.latest = finished
                 if self.latest is not None:  # pages come in finish order: prune as they come
-                    horizon = self.latest - late
+                    horizon = self._horizon(now)
                     self.counted = {i: f for i, f in self.counted.items() if f >= horizon}
                 if len(jobs) < JOB_PAGE:
                     break
                 cursor = (jobs[-1][2], jobs[-1][0])
+
+    def _horizon(self, now: datetime) -> datetime:
+        assert self.latest is not None
+        return min(self.latest, now) - timedelta(seconds=LATE_SECONDS)
 
     def family(self) -> Metric:
         with self._lock:

@@ -26,6 +26,9 @@ class InlineReader:
     than twice the read itself. A single statement is atomic on its own: in WAL mode it sees the
     last commit and waits for no writer.
 
+    A query must read its result to the end (``one_or_none``, ``scalar``): a cursor left open
+    would hold its snapshot, and later reads would see the database as it was then.
+
     One thread at a time reads on the held connection; a read that finds it busy (an event
     loop in another thread) takes a pooled connection instead."""
 
@@ -50,7 +53,12 @@ class InlineReader:
 
     def _held(self) -> Connection:
         if self._connection is None:
-            connection = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            connection = self._engine.connect()
+            try:
+                connection.execution_options(isolation_level="AUTOCOMMIT")
+            except BaseException:
+                connection.close()
+                raise
             # Checked back in when the reader goes, so the pool never finds it abandoned.
             self._close = weakref.finalize(self, connection.close)
             self._connection = connection

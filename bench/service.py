@@ -216,6 +216,8 @@ async def _poller(
 
 
 def _summary(latencies: list[float]) -> str:
+    if not latencies:
+        return "none"
     ordered = sorted(latencies)
     p99 = ordered[max(0, round(len(ordered) * 0.99) - 1)]
     return (

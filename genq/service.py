@@ -15,7 +15,7 @@ from genq.modelnames import check_model
 from genq.params import parse_params
 from genq.producer import Publisher, submit_job
 from genq.settings import Settings
-from genq.store import JobInfo, NewRequest, ResultRow, list_results
+from genq.store import JobInfo, JobStatus, NewRequest, ResultRow, list_results
 from genq.store.tables import utcnow
 from genq.store.views import live_workers
 
@@ -57,6 +57,26 @@ def submit(
         metadata=metadata,
         settings=settings,
     )
+
+
+_STATUS_RANK = {
+    JobStatus.QUEUED: 0,
+    JobStatus.RUNNING: 1,
+    JobStatus.CANCELLING: 2,
+    JobStatus.COMPLETED: 3,
+    JobStatus.CANCELLED: 3,
+}
+
+
+def job_is_ahead(held: JobInfo, other: JobInfo) -> bool:
+    """Whether ``held`` was read after ``other``, as far as the job shows: its status only moves
+    forward and its counts and tokens only grow, so a later read is never behind in any."""
+
+    def progress(job: JobInfo) -> tuple[int, int, int]:
+        done = job.succeeded + job.failed + job.cancelled
+        return _STATUS_RANK[job.status], done, job.completion_tokens
+
+    return progress(held) > progress(other)
 
 
 def job_public(job: JobInfo, *, now: datetime | None = None) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
@@ -20,6 +21,7 @@ class TtlCache(Generic[K, V]):
         self.ttl = ttl
         self.clock = clock
         self._entries: dict[K, tuple[V, float]] = {}
+        self._lock = threading.Lock()
 
     def get(self, key: K) -> V | None:
         entry = self._entries.get(key)
@@ -34,5 +36,10 @@ class TtlCache(Generic[K, V]):
             self._entries = {}
         self._entries[key] = (value, self.clock() + self.ttl)
 
-    def forget(self, key: K) -> None:
-        self._entries.pop(key, None)
+    def put_unless(self, key: K, value: V, keep: Callable[[V, V], bool]) -> None:
+        """:meth:`put`, unless ``keep(held, value)`` says the value held (expired or not) is to
+        stay: a read that finished late must not replace what a later one stored."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or not keep(entry[0], value):
+                self.put(key, value)

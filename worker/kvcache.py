@@ -45,7 +45,8 @@ class PreallocatedLayer(DynamicLayer):
         self._values[:, :, self._length : end] = value_states
         self._length = end
         self._expose()
-        return self._keys[:, :, :end], self._values[:, :, :end]
+        assert self.keys is not None and self.values is not None
+        return self.keys, self.values
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         self._keys = self._keys[indices]

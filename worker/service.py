@@ -120,8 +120,10 @@ def model_engine(settings: Settings, model: str) -> Callable[[], Generator]:
         )
         # torch, transformers and the model live as long as the process: hundreds of thousands
         # of objects that each full collection would walk again, 100-300 ms with every thread
-        # of the process stopped (the embedded API's too). Frozen, the collector skips them;
-        # the garbage of loading goes first, as frozen objects are never freed.
+        # of the process stopped (the embedded API's too). Frozen, the collector skips them.
+        # Frozen objects are never collected, so what an earlier freeze kept (an engine dropped
+        # after a failure) and the garbage of this load are collected first.
+        gc.unfreeze()
         gc.collect()
         gc.freeze()
         return engine

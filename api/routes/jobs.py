@@ -59,7 +59,7 @@ async def read(job_id: str, tenant: TenantDep, context: ContextDep) -> dict[str,
     job = context.jobs.get((tenant, job_id))
     if job is None:
         job = await run_read(context, partial(get_job, tenant=tenant, job_id=job_id))
-        context.jobs.put((tenant, job_id), job)
+        context.jobs.put_unless((tenant, job_id), job, service.job_is_ahead)
     return service.job_public(job)
 
 
@@ -97,5 +97,7 @@ def results(
 def cancel(job_id: str, tenant: TenantDep, context: ContextDep) -> dict[str, Any]:
     with context.sessions.begin() as session:
         job = cancel_job(session, tenant=tenant, job_id=job_id)
-    context.jobs.put((tenant, job_id), job)  # committed: polls through this process see it now
+    # Committed: polls through this process see it now, and a poll that read before the
+    # commit cannot put its older job back.
+    context.jobs.put_unless((tenant, job_id), job, service.job_is_ahead)
     return service.job_public(job)

@@ -1,7 +1,8 @@
 """Indexes on jobs.finished_at and results.finished_at.
 
 /metrics reads the jobs finished since its last scrape and the results of the last minute, not
-the whole tables.
+the whole tables. On PostgreSQL the indexes are built concurrently: writes to large tables go on
+while they build.
 
 Revision ID: 0004
 Revises: 0003
@@ -21,10 +22,14 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.create_index("ix_jobs_finished_at", "jobs", ["finished_at"])
-    op.create_index("ix_results_finished_at", "results", ["finished_at"])
+    with op.get_context().autocommit_block():  # CREATE INDEX CONCURRENTLY runs outside one
+        for table in ("jobs", "results"):
+            op.create_index(
+                f"ix_{table}_finished_at", table, ["finished_at"], postgresql_concurrently=True
+            )
 
 
 def downgrade() -> None:
-    op.drop_index("ix_results_finished_at", table_name="results")
-    op.drop_index("ix_jobs_finished_at", table_name="jobs")
+    with op.get_context().autocommit_block():
+        for table in ("results", "jobs"):
+            op.drop_index(f"ix_{table}_finished_at", table_name=table, postgresql_concurrently=True)

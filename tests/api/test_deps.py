@@ -80,7 +80,7 @@ def _threads(context: Context) -> tuple[int, int]:
 
 def test_reads_run_on_the_event_loop_for_sqlite(make_service: Callable[..., Service]) -> None:
     context = make_service().context
-    assert context.inline_reads
+    assert context.inline is not None
     loop, ran_on = _threads(context)
     assert ran_on == loop
 
@@ -90,7 +90,9 @@ def test_reads_go_to_the_thread_pool_for_a_networked_database(
 ) -> None:
     engine = create_engine(postgres_url())
     context = Context(Settings(), session_factory(engine), None)
-    assert not context.inline_reads
-    loop, ran_on = _threads(context)
-    engine.dispose()
+    assert context.inline is None
+    try:
+        loop, ran_on = _threads(context)
+    finally:
+        engine.dispose()
     assert ran_on != loop

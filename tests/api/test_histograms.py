@@ -93,9 +93,11 @@ def test_catching_up_reads_page_after_page(
     assert (sum(h.rows.counts), h.rows.total, h.last_id, h.gaps) == (7, 28, 7, {})
 
 
+START = datetime(2026, 1, 1, tzinfo=UTC)
+
+
 def add_finished_jobs(sessions: sessionmaker[Session], *jobs: tuple[str, float, float]) -> None:
     """Finished jobs of (id, seconds from a fixed start to creation, to finish)."""
-    start = datetime(2026, 1, 1, tzinfo=UTC)
     with sessions.begin() as session:
         for job_id, created, finished in jobs:
             session.execute(
@@ -111,15 +113,16 @@ def add_finished_jobs(sessions: sessionmaker[Session], *jobs: tuple[str, float, 
                     cancelled=0,
                     prompt_tokens=1,
                     completion_tokens=1,
-                    created_at=start + timedelta(seconds=created),
-                    finished_at=start + timedelta(seconds=finished),
+                    created_at=START + timedelta(seconds=created),
+                    finished_at=START + timedelta(seconds=finished),
                 )
             )
 
 
-def update_jobs(h: JobLatency, sessions: sessionmaker[Session]) -> None:
+def update_jobs(h: JobLatency, sessions: sessionmaker[Session], now: float = 1e6) -> None:
+    """``h.update`` at ``now`` seconds after the jobs' fixed start."""
     with sessions.begin() as session:
-        h.update(session)
+        h.update(session, now=START + timedelta(seconds=now))
 
 
 def test_job_latency_counts_each_finished_job_once(make_service: Callable[..., Service]) -> None:
@@ -156,3 +159,16 @@ def test_job_latency_never_rereads_what_is_past_the_late_window(
     monkeypatch.setattr(histograms, "finished_jobs", counting)
     update_jobs(h, sessions)
     assert (sum(h.latency.counts), read) == (7, ["job_7"])  # the late window only
+
+
+def test_a_worker_clock_running_ahead_hides_no_other_job(
+    make_service: Callable[..., Service],
+) -> None:
+    sessions = make_service().context.sessions
+    h = JobLatency()
+    add_finished_jobs(sessions, ("job_fast", 0, 3600))  # stamped an hour ahead of the API
+    update_jobs(h, sessions, now=10)
+    add_finished_jobs(sessions, ("job_on_time", 0, 20))
+    update_jobs(h, sessions, now=30)
+    update_jobs(h, sessions, now=40)
+    assert (sum(h.latency.counts), h.latency.total) == (2, 3620)

@@ -3,16 +3,23 @@ busy, and is replaced when it breaks; polls of one job share a read for the cach
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from typing import TypeVar
 
 import pytest
 from sqlalchemy import Connection, text, update
 from sqlalchemy.exc import OperationalError
 
+from api import deps
+from api.context import Context
 from api.reads import InlineReader
+from api.routes import jobs as jobs_route
 from genq.store.tables import Job
 from tests.api.conftest import Service
 from tests.api.support import prompts
+
+T = TypeVar("T")
 
 
 def _submit(service: Service, tenant: str = "a") -> str:
@@ -47,12 +54,16 @@ def test_a_busy_reader_reads_on_a_pooled_connection(make_service: Callable[..., 
     reader = InlineReader(make_service().context.engine)
     held = reader.read(lambda c: c)
     assert reader.read(lambda c: c) is held
+    used: list[Connection] = []
     reader._lock.acquire()  # another event loop thread is reading
     try:
-        other = reader.read(lambda c: c)
+        # In a thread, so that a read waiting for the lock fails the test instead of hanging it.
+        thread = threading.Thread(target=lambda: used.append(reader.read(lambda c: c)))
+        thread.start()
+        thread.join(timeout=10)
     finally:
         reader._lock.release()
-    assert other is not held
+    assert not thread.is_alive() and used and used[0] is not held
 
 
 def test_a_database_error_replaces_the_connection(make_service: Callable[..., Service]) -> None:
@@ -101,3 +112,22 @@ def test_with_no_cache_time_every_poll_reads(make_service: Callable[..., Service
     assert poll()["counts"]["succeeded"] == 0
     _set_succeeded(service, job_id, 2)
     assert poll()["counts"]["succeeded"] == 2
+
+
+def test_a_read_that_finishes_late_never_hides_a_cancel(
+    make_service: Callable[..., Service], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service = make_service(job_cache_seconds=60)
+    job_id = _submit(service)
+    a = service.as_("a")
+    real = deps.run_read
+
+    async def cancel_during_the_read(context: Context, query: Callable[[Connection], T]) -> T:
+        job = await real(context, query)  # the job as it was: queued
+        monkeypatch.setattr(jobs_route, "run_read", real)
+        assert service.client.post(f"/v1/jobs/{job_id}/cancel", headers=a).status_code == 200
+        return job
+
+    monkeypatch.setattr(jobs_route, "run_read", cancel_during_the_read)
+    assert service.client.get(f"/v1/jobs/{job_id}", headers=a).json()["status"] == "queued"
+    assert service.client.get(f"/v1/jobs/{job_id}", headers=a).json()["status"] == "cancelled"

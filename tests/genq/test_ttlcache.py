@@ -21,13 +21,18 @@ def test_no_time_remembers_nothing() -> None:
     assert cache.get("a") is None
 
 
-def test_forget_drops_one_key() -> None:
-    cache: TtlCache[str, int] = TtlCache(60)
-    cache.put("a", 1)
-    cache.put("b", 2)
-    cache.forget("a")
-    cache.forget("not there")
-    assert (cache.get("a"), cache.get("b")) == (None, 2)
+def test_put_unless_keeps_what_is_to_stay_expired_or_not() -> None:
+    now = [100.0]
+    cache: TtlCache[str, int] = TtlCache(2.0, clock=lambda: now[0])
+    higher = lambda held, new: held > new  # noqa: E731
+    cache.put_unless("a", 5, higher)
+    cache.put_unless("a", 3, higher)
+    assert cache.get("a") == 5
+    now[0] += 10  # expired, still not replaced by a lower value...
+    cache.put_unless("a", 3, higher)
+    assert cache.get("a") is None
+    cache.put_unless("a", 7, higher)  # ...but by a higher one, with a fresh time
+    assert cache.get("a") == 7
 
 
 def test_a_full_cache_starts_again(monkeypatch) -> None:  # type: ignore[no-untyped-def]

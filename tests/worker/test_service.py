@@ -339,13 +339,25 @@ def test_a_loaded_engine_leaves_the_collector_only_new_objects(
     tiny: LoadedModel, tiny_cache: Path
 ) -> None:
     import gc
+    import weakref
 
     from worker.service import model_engine
 
-    gc.unfreeze()
-    assert gc.get_freeze_count() == 0
-    engine = model_engine(Settings(model_cache=tiny_cache, device="cpu"), "tiny-gpt2")()
-    assert isinstance(engine, Engine)
-    # The model, the libraries and all else alive now: out of every later full collection.
-    assert gc.get_freeze_count() > 10_000
-    assert len(gc.get_objects()) < gc.get_freeze_count()
+    class Node:
+        pass
+
+    garbage = Node()
+    garbage.self = garbage  # type: ignore[attr-defined]  # a cycle: only the collector frees it
+    gone = weakref.ref(garbage)
+    del garbage
+    gc.disable()
+    try:
+        engine = model_engine(Settings(model_cache=tiny_cache, device="cpu"), "tiny-gpt2")()
+        assert isinstance(engine, Engine)
+        assert gone() is None  # collected before the freeze, not kept for good
+        # The model, the libraries and all else alive now: out of every later full collection.
+        assert gc.get_freeze_count() > 10_000
+        assert len(gc.get_objects()) < gc.get_freeze_count()
+    finally:
+        gc.enable()
+        gc.unfreeze()
