@@ -7,7 +7,7 @@ back costs a poll more CPU than its database read, on a loaded machine many time
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from functools import partial
 from typing import Annotated, TypeVar
 
@@ -20,8 +20,11 @@ from api.context import Context
 from api.reads import in_transaction
 from genq.auth import bearer_key, hash_key, tenant_of
 from genq.settings import Settings
+from genq.ttlcache import TtlCache
 
 T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
 
 
 async def get_context(request: Request) -> Context:
@@ -67,16 +70,29 @@ async def run_read(context: Context, query: Callable[[Connection], T]) -> T:
     return await run_in_threadpool(in_transaction, context.engine, query)
 
 
+async def cached_read(
+    context: Context,
+    cache: TtlCache[K, V],
+    key: K,
+    query: Callable[[Connection], V],
+    *,
+    keep: Callable[[V, V], bool] = lambda _held, _read: False,
+) -> V:
+    """The value ``cache`` holds for ``key``, or else ``query`` read by :func:`run_read` and
+    put in ``cache`` (unless ``keep(held, read)`` says what it holds by then is to stay)."""
+    value = cache.get(key)
+    if value is None:
+        value = await run_read(context, query)
+        cache.put_unless(key, value, keep)
+    return value
+
+
 async def get_tenant(
     context: ContextDep, authorization: Annotated[str | None, Header()] = None
 ) -> str:
     """The caller's tenant: from the context's key cache, or else the database."""
     key_hash = hash_key(bearer_key(authorization))
-    tenant = context.keys.get(key_hash)
-    if tenant is None:
-        tenant = await run_read(context, partial(tenant_of, key_hash=key_hash))
-        context.keys.put(key_hash, tenant)
-    return tenant
+    return await cached_read(context, context.keys, key_hash, partial(tenant_of, key_hash=key_hash))
 
 
 TenantDep = Annotated[str, Depends(get_tenant)]

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
-from api.deps import ContextDep, SessionDep, TenantDep, run_read
+from api.deps import ContextDep, SessionDep, TenantDep, cached_read
 from api.schemas import JobCreate
 from genq import service
 from genq.store import cancel_job, get_job
@@ -56,10 +56,10 @@ def index(
 async def read(job_id: str, tenant: TenantDep, context: ContextDep) -> dict[str, Any]:
     # Clients poll this route: async, with run_read, it costs no trip through the thread pool,
     # and many clients polling one job share a read (GENQ_JOB_CACHE_SECONDS).
-    job = context.jobs.get((tenant, job_id))
-    if job is None:
-        job = await run_read(context, partial(get_job, tenant=tenant, job_id=job_id))
-        context.jobs.put_unless((tenant, job_id), job, service.job_is_ahead)
+    query = partial(get_job, tenant=tenant, job_id=job_id)
+    job = await cached_read(
+        context, context.jobs, (tenant, job_id), query, keep=service.job_is_ahead
+    )
     return service.job_public(job)
 
 

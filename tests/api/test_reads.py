@@ -14,7 +14,6 @@ from sqlalchemy.exc import OperationalError
 from api import deps
 from api.context import Context
 from api.reads import InlineReader
-from api.routes import jobs as jobs_route
 from genq.store.tables import Job
 from tests.api.conftest import Service
 from tests.api.support import prompts
@@ -124,10 +123,10 @@ def test_a_read_that_finishes_late_never_hides_a_cancel(
 
     async def cancel_during_the_read(context: Context, query: Callable[[Connection], T]) -> T:
         job = await real(context, query)  # the job as it was: queued
-        monkeypatch.setattr(jobs_route, "run_read", real)
+        monkeypatch.setattr(deps, "run_read", real)
         assert service.client.post(f"/v1/jobs/{job_id}/cancel", headers=a).status_code == 200
         return job
 
-    monkeypatch.setattr(jobs_route, "run_read", cancel_during_the_read)
+    monkeypatch.setattr(deps, "run_read", cancel_during_the_read)
     assert service.client.get(f"/v1/jobs/{job_id}", headers=a).json()["status"] == "queued"
     assert service.client.get(f"/v1/jobs/{job_id}", headers=a).json()["status"] == "cancelled"
