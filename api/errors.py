@@ -3,31 +3,40 @@
 
 from __future__ import annotations
 
-from typing import Any
+import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 
 from genq.errors import GenqError, InvalidRequest, ModelNotFound
+from genq.intake.bodies import first_error
+
+log = logging.getLogger(__name__)
 
 TYPES = {401: "authentication_error", 404: "not_found_error", 409: "conflict_error"}
+RETRY_AFTER_SECONDS = 1
+"""What a 503 tells clients to wait while the database cannot be reached."""
+
+UNREACHABLE = (OperationalError, InterfaceError, DisconnectionError, PoolTimeout)
+"""SQLAlchemy's errors for a database that cannot be reached, or is restarting, or busy."""
 
 
-def error_response(status: int, message: str, *, param: str | None = None) -> JSONResponse:
+def error_response(
+    status: int,
+    message: str,
+    *,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     kind = TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
     body = {"error": {"message": message, "type": kind, "param": param, "code": None}}
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if status == 401:
+        headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
     return JSONResponse(body, status_code=status, headers=headers)
-
-
-def field_name(loc: tuple[Any, ...] | list[Any]) -> str:
-    """``("body", "requests", 3, "prompt")`` -> ``requests.3.prompt``."""
-    parts = [str(p) for p in loc]
-    if parts and parts[0] == "body":
-        parts = parts[1:]
-    return ".".join(parts) or "body"
 
 
 def _genq(_request: Request, exc: Exception) -> JSONResponse:
@@ -40,16 +49,28 @@ def _genq(_request: Request, exc: Exception) -> JSONResponse:
 
 def _validation(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    err = exc.errors()[0]
-    loc = err.get("loc", ())
-    field = field_name(loc)
-    message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+    errors = list(exc.errors())
+    err = errors[0]
     if err.get("type") == "json_invalid":
-        detail = err.get("ctx", {}).get("error", message)
+        detail = err.get("ctx", {}).get("error", err.get("msg", "invalid"))
         return error_response(400, f"body: malformed JSON: {detail}", param="body")
-    if err.get("type") == "extra_forbidden":
-        message = "unknown field"
-    return error_response(422, f"{field}: {message}", param=field)
+    loc = list(err.get("loc", ()))
+    if loc and loc[0] == "body":
+        loc = loc[1:]
+    error = first_error([{**err, "loc": loc}])
+    field = error.field or "body"
+    return error_response(422, f"{field}: {error.message}", param=field)
+
+
+def _unreachable(_request: Request, exc: Exception) -> JSONResponse:
+    # Connections of a pool die with a database restart; the pool replaces them as they fail,
+    # so clients that retry after a moment get through once the database is back.
+    log.warning("database unavailable: %s", str(exc).splitlines()[0] if str(exc) else exc)
+    return error_response(
+        503,
+        "the database is unavailable; retry shortly",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
 
 
 def _http(_request: Request, exc: Exception) -> JSONResponse:
@@ -61,3 +82,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(GenqError, _genq)
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(HTTPException, _http)
+    for kind in UNREACHABLE:
+        app.add_exception_handler(kind, _unreachable)

@@ -39,8 +39,12 @@ def run(
     max_batch_tokens: Annotated[Optional[int], typer.Option(min=1)] = None,  # noqa: UP045
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
 ) -> None:
-    """Generate for every line of INPUT_PATH; resumes when OUTPUT holds an earlier partial run."""
-    from worker.bulk import run_file
+    """Generate for every line of INPUT_PATH; resumes when OUTPUT holds an earlier partial run.
+
+    The model is --model (a name, or a model directory), else the one OpenAI lines name in
+    body.model, else the default."""
+    from genq.modelnames import local_model
+    from worker.bulk import read_input, run_file
     from worker.service import model_engine
 
     settings = get_settings()
@@ -51,15 +55,15 @@ def run(
                 "max_batch_tokens": max_batch_tokens or settings.max_batch_tokens,
             }
         )
-    name = model or settings.default_model
+    if model is not None:
+        model, settings = local_model(model, settings)
     # SIGTERM as Ctrl+C: written batches stay, what was claimed and not written goes back to
     # the queue of the job, and running the command again resumes.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        engine = model_engine(settings, name)()
-        summary = run_file(
-            input_path, output, engine=engine, model=name, settings=settings, progress=progress
-        )
+        source = read_input(input_path, model=model, settings=settings)
+        engine = model_engine(settings, source.model)()
+        summary = run_file(source, output, engine=engine, settings=settings, progress=progress)
     except GenqError as exc:
         raise _fail(exc) from None
     except KeyboardInterrupt:
@@ -109,11 +113,12 @@ def worker(
 
     One message at a time; run one per device. SIGTERM finishes the batch in hand and releases
     the rest of its window."""
+    from genq.modelnames import local_model
     from worker.tasks import run_worker  # it sets up logging (GENQ_LOG_FORMAT) itself
 
-    settings = get_settings()
+    name, settings = local_model(model or get_settings().default_model, get_settings())
     try:
-        run_worker(settings, model=model or settings.default_model)
+        run_worker(settings, model=name)
     except GenqError as exc:
         raise _fail(exc) from None
 
@@ -221,7 +226,9 @@ def submit(
     model: Annotated[Optional[str], typer.Option(help="model name")] = None,  # noqa: UP045
     wait: Annotated[bool, typer.Option(help="show progress until the job ends")] = False,
 ) -> None:
-    """Submit INPUT_PATH as one job to GENQ_API_URL (key: GENQ_API_KEY); prints the job id."""
+    """Submit INPUT_PATH (native or OpenAI Batch lines) as one job to GENQ_API_URL (key:
+    GENQ_API_KEY); prints the job id. Each line keeps its own parameters; a bad line fails
+    alone, and the job's results have one line per input line, in order."""
     import time
 
     from genq.client import Client

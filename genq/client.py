@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,23 +40,18 @@ class Client:
             raise ApiError(response.status_code, message)
         return response.json()
 
-    def submit(
-        self, path: Path, *, model: str | None = None, params: dict[str, Any] | None = None
-    ) -> dict[str, Any]:
-        """A native JSONL file (custom_id, prompt or messages per line) as one job."""
-        requests = []
-        for number, line in enumerate(path.read_text().splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ApiError(0, f"{path}:{number}: invalid JSON: {exc}") from None
-            if isinstance(item, dict) and "params" in item:
-                params = params or item.pop("params")
-                item.pop("params", None)
-            requests.append(item)
-        body: dict[str, Any] = {"requests": requests, "params": params}
+    def submit(self, path: Path, *, model: str | None = None) -> dict[str, Any]:
+        """A JSONL file (native or OpenAI Batch lines) as one job: uploaded as it is, then
+        read by the service line by line (the same reading as ``genq run``)."""
+        with path.open("rb") as handle:
+            uploaded = self._json(
+                self.http.post(
+                    "/v1/files",
+                    data={"purpose": "batch"},
+                    files={"file": (path.name, handle, "application/jsonl")},
+                )
+            )
+        body: dict[str, Any] = {"input_file_id": uploaded["id"]}
         if model:
             body["model"] = model
         return self._json(self.http.post("/v1/jobs", json=body))  # type: ignore[no-any-return]

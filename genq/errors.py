@@ -20,6 +20,12 @@ class InvalidRequest(GenqError):
         self.message = message
 
 
+class MalformedInput(InvalidRequest):
+    """Input that does not parse at all (not JSON, not UTF-8)."""
+
+    status_code = 400
+
+
 class ModelNotFound(GenqError):
     status_code = 404
 

@@ -1,9 +1,11 @@
 """Which model names a job may name, checked without loading anything (and without torch, so
-the API can check them): built-ins, local directories, Hugging Face cache entries, and models
-that live workers serve."""
+the API can check them): built-ins, directories under the model roots (the model cache and
+``GENQ_MODEL_DIRS``), Hugging Face cache entries, and models that live workers serve. A name
+is never an arbitrary path: ``..`` or ``/etc`` is simply unknown."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from genq.errors import ModelNotFound
@@ -12,25 +14,49 @@ from genq.settings import Settings
 BUILTIN_MODELS = ("smollm2-135m", "tiny-gpt2")
 """The registry's built-in names (worker.models.BUILTINS; a test keeps the two equal)."""
 
+# A directory name, or an org/name pair: no leading dot (so no "." or ".."), no other separator.
+_PART = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+DIRECTORY_NAME = re.compile(rf"{_PART}(/{_PART})?")
+
 
 def check_model(name: str, settings: Settings, *, served: frozenset[str] = frozenset()) -> None:
     """Raise :class:`ModelNotFound` unless ``name`` is a model genq can run here; ``served``
     holds the models of live workers, which may run where this process has no copy."""
     if name in BUILTIN_MODELS or name in served:
         return
-    path = Path(name).expanduser()
-    if path.is_dir() or (path.name == name and (settings.model_cache / name).is_dir()):
-        return
-    if _in_hf_cache(name):
+    if model_directory(name, settings) is not None or _in_hf_cache(name):
         return
     raise ModelNotFound(
-        f"model: unknown model {name!r}; use a built-in ({', '.join(BUILTIN_MODELS)}), a model "
-        "directory, or a Hugging Face id in the local cache"
+        f"model: unknown model {name!r}; use a built-in ({', '.join(BUILTIN_MODELS)}), the "
+        "name of a model directory under GENQ_MODEL_DIRS or the model cache, or a Hugging Face "
+        "id in the local cache"
     )
 
 
+def model_directory(name: str, settings: Settings) -> Path | None:
+    """The directory of model ``name`` under a model root (one holding a ``config.json``)."""
+    if not DIRECTORY_NAME.fullmatch(name):
+        return None
+    for root in settings.model_roots:
+        if (root / name / "config.json").is_file():
+            return root / name
+    return None
+
+
+def local_model(value: str, settings: Settings) -> tuple[str, Settings]:
+    """For commands run on the model's own machine (``genq run``, ``genq worker``): a path to a
+    model directory becomes its name, with its parent added to the model roots. Anything else
+    is returned as it is."""
+    path = Path(value).expanduser()
+    if DIRECTORY_NAME.fullmatch(value) or not (path / "config.json").is_file():
+        return value, settings
+    path = path.resolve()
+    roots = (*settings.model_dirs, path.parent)
+    return path.name, settings.model_copy(update={"model_dirs": roots})
+
+
 def _in_hf_cache(name: str) -> bool:
-    if name.count("/") != 1:
+    if name.count("/") != 1 or not DIRECTORY_NAME.fullmatch(name):
         return False
     from huggingface_hub import constants
 

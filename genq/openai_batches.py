@@ -13,14 +13,15 @@ from typing import Any
 from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from genq.batchlines import ENDPOINTS, Line, parse_line, render
-from genq.errors import Conflict, InvalidRequest, ModelNotFound, NotFound
-from genq.modelnames import check_model
+from genq.errors import Conflict, InvalidRequest, NotFound
+from genq.intake import ENDPOINTS, read_file
+from genq.outputs import render
 from genq.producer import Publisher, submit_job
+from genq.service import served_model
 from genq.settings import Settings
 from genq.store import JobStatus, NewRequest, RequestStatus, cancel_job, get_job, list_results
 from genq.store.files import create_file, file_content, get_file
-from genq.store.tables import OpenAIBatch, new_id, utcnow
+from genq.store.tables import OpenAIBatch, looks_like_id, new_id, utcnow
 
 WINDOWS = {"24h": timedelta(hours=24)}
 BATCH_TAG = "openai_batch"
@@ -31,81 +32,30 @@ _ENDED = {JobStatus.COMPLETED: "completed", JobStatus.CANCELLED: "cancelled"}
 @dataclass(frozen=True)
 class Parsed:
     requests: list[NewRequest]
-    lines: list[Line]
     errors: list[dict[str, Any]]
     model: str | None
 
 
 def parse_input(content: bytes, *, endpoint: str, settings: Settings) -> Parsed:
     """Valid lines become requests; each bad one an error naming its line and field."""
-    requests, lines, errors, model = [], [], [], None
-    try:
-        text = content.decode()
-    except UnicodeDecodeError:
-        raise InvalidRequest("input_file_id", "the file is not UTF-8 text") from None
-    for number, raw in enumerate(text.splitlines(), start=1):
-        if not raw.strip():
-            continue
-        line = parse_line(raw, number - 1)
-        body_model = _body_model(raw)
-        if line.error is None and raw and json.loads(raw).get("url") != endpoint:
-            line = Line(
-                line.index,
-                line.custom_id,
-                line.form,
-                error=InvalidRequest("url", f"must be the batch's endpoint {endpoint}"),
-            )
-        if line.error is None and body_model is not None:
-            try:
-                check_model(body_model, settings)
-                if model is not None and body_model != model:
-                    raise InvalidRequest("body.model", f"a batch runs one model ({model})")
-            except (ModelNotFound, InvalidRequest) as exc:
-                err = (
-                    exc
-                    if isinstance(exc, InvalidRequest)
-                    else InvalidRequest("body.model", str(exc))
-                )
-                line = Line(line.index, line.custom_id, line.form, error=err)
-            else:
-                model = body_model
-        if line.error is not None:
-            errors.append(
-                {
-                    "code": "invalid_request",
-                    "message": str(line.error),
-                    "param": line.error.field or None,
-                    "line": number,
-                    "custom_id": line.custom_id,
-                }
-            )
-            lines.append(line)
-            continue
-        lines.append(line)
-        requests.append(
-            NewRequest(
-                custom_id=line.custom_id,
-                prompt=line.prompt,
-                messages=line.messages,
-                params=line.params,
-            )
-        )
-    if len(requests) + len(errors) > settings.max_job_requests:
-        raise InvalidRequest(
-            "input_file_id", f"at most {settings.max_job_requests} lines per batch"
-        )
-    if not lines:
+    read = read_file(
+        content, settings=settings, endpoint=endpoint, max_lines=settings.max_job_requests
+    )
+    if not read.lines:
         raise InvalidRequest("input_file_id", "the file holds no lines")
-    return Parsed(requests, lines, errors, model)
-
-
-def _body_model(raw: str) -> str | None:
-    try:
-        body = json.loads(raw).get("body")
-    except (json.JSONDecodeError, AttributeError):
-        return None
-    value = body.get("model") if isinstance(body, dict) else None
-    return value if isinstance(value, str) else None
+    errors = [
+        {
+            "code": "invalid_request",
+            "message": str(line.error),
+            "param": line.error.field or None,
+            "line": line.number,
+            "custom_id": line.custom_id,
+        }
+        for line in read.lines
+        if line.error is not None
+    ]
+    requests = [line.request for line in read.valid if line.request is not None]
+    return Parsed(requests, errors, read.model)
 
 
 def create_batch(
@@ -129,6 +79,7 @@ def create_batch(
         except NotFound:
             raise InvalidRequest("input_file_id", f"no file {input_file_id}") from None
     parsed = parse_input(content, endpoint=endpoint, settings=settings)
+    model = served_model(sessions, settings, parsed.model or settings.default_model)
     batch_id = new_id("batch")
     job_id = None
     if parsed.requests:
@@ -138,7 +89,7 @@ def create_batch(
             sessions,
             publisher,
             tenant=tenant,
-            model=parsed.model or settings.default_model,
+            model=model,
             params=first,
             requests=parsed.requests,
             metadata={BATCH_TAG: batch_id},
@@ -169,6 +120,8 @@ def create_batch(
 
 
 def _row(session: Session, tenant: str, batch_id: str) -> OpenAIBatch:
+    if not looks_like_id(batch_id):
+        raise NotFound(f"no batch {batch_id!r}")
     row = session.execute(
         select(OpenAIBatch).where(OpenAIBatch.id == batch_id, OpenAIBatch.tenant == tenant),
         execution_options={"populate_existing": True},
@@ -221,16 +174,7 @@ def _write_files(session: Session, row: OpenAIBatch, final: str, *, now: datetim
     out: list[str] = []
     err: list[str] = [
         json.dumps(
-            render(
-                Line(
-                    e["line"] - 1,
-                    e["custom_id"],
-                    form,
-                    error=InvalidRequest(e["param"] or "", e["message"]),
-                ),
-                model=job.model,
-                error=e["message"],
-            )
+            render(e["custom_id"], form, model=job.model, error=e["message"], param=e["param"])
         )
         for e in row.errors or []
     ]
@@ -238,13 +182,17 @@ def _write_files(session: Session, row: OpenAIBatch, final: str, *, now: datetim
     while True:
         rows = list_results(session, job_id=row.job_id, after_idx=after, limit=1000)
         for r in rows:
-            line = Line(r.idx, r.custom_id or f"line-{r.idx + 1}", form)
+            custom_id = r.custom_id or f"line-{r.idx + 1}"
             if r.status == RequestStatus.SUCCEEDED:
                 choices = [vars(c) for c in r.choices]
                 out.append(
                     json.dumps(
                         render(
-                            line, model=job.model, choices=choices, prompt_tokens=r.prompt_tokens
+                            custom_id,
+                            form,
+                            model=job.model,
+                            choices=choices,
+                            prompt_tokens=r.prompt_tokens,
                         )
                     )
                 )
@@ -256,7 +204,7 @@ def _write_files(session: Session, row: OpenAIBatch, final: str, *, now: datetim
                     json.dumps(
                         {
                             "id": new_id("batch_req"),
-                            "custom_id": line.custom_id,
+                            "custom_id": custom_id,
                             "response": None,
                             "error": {
                                 "code": code.get(str(r.status), "generation_failed"),

@@ -4,18 +4,20 @@ page through its results. The HTTP layer (api/) parses and calls these."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from genq.errors import InvalidRequest
+from genq.errors import InvalidRequest, NotFound
+from genq.intake import JobCreate, job_requests, read_file
 from genq.modelnames import check_model
-from genq.params import parse_params
-from genq.producer import Publisher, submit_job
+from genq.params import GenerationParams, merged, parse_params
+from genq.producer import Publisher, check_name, submit_job
 from genq.settings import Settings
 from genq.store import JobInfo, JobStatus, NewRequest, ResultRow, list_results
+from genq.store.files import file_content
 from genq.store.tables import utcnow
 from genq.store.views import live_workers
 
@@ -29,34 +31,68 @@ def submit(
     settings: Settings,
     *,
     tenant: str,
-    model: str | None,
-    params: dict[str, Any] | None,
-    requests: Sequence[NewRequest],
-    metadata: dict[str, Any] | None = None,
+    body: JobCreate,
 ) -> str:
-    """Check a native job (size cap, parameters, model) and store it; returns its id. Nothing
-    is written unless every check passes."""
-    if not requests:
-        raise InvalidRequest("requests", "a job needs at least one request")
-    if len(requests) > settings.max_job_requests:
-        raise InvalidRequest(
-            "requests", f"at most {settings.max_job_requests} requests per job, got {len(requests)}"
-        )
-    parsed = parse_params(params)
-    name = model or settings.default_model
-    with sessions.begin() as session:
-        served = frozenset(live_workers(session, within_seconds=LIVE_SECONDS))
-    check_model(name, settings, served=served)
+    """Check a native job and store it; returns its id. A body that lists its requests is
+    stored whole or not at all; a job of an uploaded file (``input_file_id``) keeps one request
+    per non-blank line, a line that cannot be read failing alone with its error."""
+    if body.input_file_id is not None:
+        if body.requests is not None:
+            raise InvalidRequest("input_file_id", "give requests or input_file_id, not both")
+        params, requests, named = _file_requests(sessions, settings, tenant=tenant, body=body)
+    else:
+        params, requests = job_requests(body, settings=settings)
+        named = body.model
+    model = served_model(sessions, settings, named or settings.default_model)
     return submit_job(
         sessions,
         publisher,
         tenant=tenant,
-        model=name,
-        params=parsed,
+        model=model,
+        params=params,
         requests=requests,
-        metadata=metadata,
+        metadata=body.metadata,
         settings=settings,
     )
+
+
+def _file_requests(
+    sessions: sessionmaker[Session], settings: Settings, *, tenant: str, body: JobCreate
+) -> tuple[GenerationParams, list[NewRequest], str | None]:
+    assert body.input_file_id is not None
+    with sessions.begin() as session:
+        try:
+            content = file_content(session, tenant=tenant, file_id=body.input_file_id)
+        except NotFound:
+            raise InvalidRequest("input_file_id", f"no file {body.input_file_id!r}") from None
+    read = read_file(
+        content,
+        settings=settings,
+        defaults=body.params,
+        model=body.model,
+        max_lines=settings.max_job_requests,
+    )
+    if not read.valid:
+        first = next(iter(read.lines), None)
+        why = first.error_text if first is not None else "the file holds no lines"
+        raise InvalidRequest("input_file_id", f"no line can run; {why}")
+    requests = [
+        line.request
+        if line.request is not None
+        else NewRequest(custom_id=line.custom_id, error=line.error_text)
+        for line in read.lines
+    ]
+    return parse_params(merged(body.params, None)), requests, read.model
+
+
+def served_model(sessions: sessionmaker[Session], settings: Settings, name: str) -> str:
+    """``name``, if it is a model genq can run here or a live worker serves;
+    :class:`ModelNotFound` otherwise, before anything is stored."""
+    check_name("model", name)
+    with sessions.begin() as session:
+        served = frozenset(live_workers(session, within_seconds=LIVE_SECONDS))
+    check_model(name, settings, served=served)
+    return name
 
 
 _STATUS_RANK = {
@@ -93,6 +129,7 @@ def job_public(job: JobInfo, *, now: datetime | None = None) -> dict[str, Any]:
         "model": job.model,
         "status": str(job.status),
         "params": job.params,
+        "param_sets": job.param_sets or [],
         "metadata": job.metadata,
         "counts": {
             "total": job.total,
@@ -116,12 +153,14 @@ def job_public(job: JobInfo, *, now: datetime | None = None) -> dict[str, Any]:
     }
 
 
-def result_public(row: ResultRow) -> dict[str, Any]:
+def result_public(row: ResultRow, *, job_params: dict[str, Any]) -> dict[str, Any]:
+    """A finished request as clients read it, with the parameters it ran with."""
     first = row.choices[0] if row.choices else None
     return {
         "idx": row.idx,
         "custom_id": row.custom_id,
         "status": str(row.status),
+        "params": None if row.refused else row.params or job_params,
         "text": first.text if first else None,
         "finish_reason": first.finish_reason if first else None,
         "choices": [
@@ -151,6 +190,6 @@ def all_results(
         after = rows[-1].idx
 
 
-def jsonl_lines(rows: Iterator[ResultRow]) -> Iterator[bytes]:
+def jsonl_lines(rows: Iterator[ResultRow], *, job_params: dict[str, Any]) -> Iterator[bytes]:
     for row in rows:
-        yield json.dumps(result_public(row)).encode() + b"\n"
+        yield json.dumps(result_public(row, job_params=job_params)).encode() + b"\n"

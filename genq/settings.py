@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from platformdirs import user_cache_dir, user_data_dir
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL = "smollm2-135m"
 """The model a job gets when it names none."""
@@ -49,6 +50,14 @@ planning window takes to run."""
 DEFAULT_MAX_JOB_REQUESTS = 50_000
 """Most requests one job (or OpenAI batch) may hold."""
 
+LARGEST_CONTEXT_TOKENS = 8192
+"""The longest context of the built-in models (smollm2-135m's; a test keeps it so)."""
+
+DEFAULT_MAX_PROMPT_CHARS = 16 * LARGEST_CONTEXT_TOKENS
+"""Longest prompt (or chat, all messages together) accepted, in characters: 16 per token of
+the largest built-in context, more than any text that fits it takes (about 4 per token is
+usual). Longer is refused at once rather than failed at the worker."""
+
 DEFAULT_MAX_BODY_BYTES = 200 * 1024 * 1024
 """Largest HTTP request body the API reads (counted on the bytes received); larger answers 413."""
 
@@ -72,6 +81,10 @@ class Settings(BaseSettings):
     database_url: str = Field(default_factory=_default_database_url)
     redis_url: str = "redis://127.0.0.1:6379/0"
     model_cache: Path = Field(default_factory=lambda: Path(user_cache_dir("genq")) / "models")
+    # Directories whose model subdirectories jobs may name (``org/name`` or ``name`` under one
+    # of them), besides the built-ins, the model cache and the Hugging Face cache; separated
+    # like PATH. A job never names an arbitrary path.
+    model_dirs: Annotated[tuple[Path, ...], NoDecode] = ()
     default_model: str = DEFAULT_MODEL
     device: str = "auto"
     max_batch_tokens: int = Field(default=DEFAULT_MAX_BATCH_TOKENS, ge=1)
@@ -88,12 +101,25 @@ class Settings(BaseSettings):
     visibility_timeout: float = Field(default=DEFAULT_VISIBILITY_TIMEOUT, gt=0)
     max_job_requests: int = Field(default=DEFAULT_MAX_JOB_REQUESTS, ge=1)
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1)
+    max_prompt_chars: int = Field(default=DEFAULT_MAX_PROMPT_CHARS, ge=1)
     key_cache_seconds: float = Field(default=DEFAULT_KEY_CACHE_SECONDS, ge=0)
     job_cache_seconds: float = Field(default=DEFAULT_JOB_CACHE_SECONDS, ge=0)
     # Long-running commands (worker, serve, api, reconcile) log text lines, or JSON lines that
     # carry job, request, batch and worker ids as fields (genq.logs).
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("model_dirs", mode="before")
+    @classmethod
+    def _split_dirs(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(Path(part) for part in value.split(os.pathsep) if part)
+        return value
+
+    @property
+    def model_roots(self) -> tuple[Path, ...]:
+        """Where model directories are looked up by name: the cache first, then model_dirs."""
+        return (self.model_cache, *self.model_dirs)
 
 
 @lru_cache(maxsize=1)

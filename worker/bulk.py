@@ -6,14 +6,13 @@ and the output is written in input order once every line has ended."""
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import socket
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,13 +20,13 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 from tqdm import tqdm
 
-from genq.batchlines import Line, parse_line, render
 from genq.errors import Conflict
+from genq.intake import FileInput, Line, read_file
+from genq.outputs import render
 from genq.settings import Settings, get_settings
 from genq.store import (
     DEFAULT_TENANT,
     JobInfo,
-    NewRequest,
     RequestStatus,
     ResultRow,
     cancel_job,
@@ -94,30 +93,47 @@ class RunSummary:
         self.padded_prompt_tokens += report.rows * report.padded_length
 
 
+@dataclass(frozen=True)
+class RunInput:
+    """An input file as ``genq run`` reads it: its bytes (their hash tags the job), its lines,
+    and the model they run on."""
+
+    raw: bytes
+    read: FileInput
+    model: str
+
+
+def read_input(path: Path, *, model: str | None, settings: Settings) -> RunInput:
+    """``path``'s lines; the model is ``model``, else the one the lines name (OpenAI lines'
+    ``body.model``), else the default. A line naming another model fails alone."""
+    raw = path.read_bytes()
+    read = read_file(raw, settings=settings, model=model)
+    return RunInput(raw, read, read.model or settings.default_model)
+
+
 def run_file(
-    in_path: Path,
+    source: RunInput,
     out_path: Path,
     *,
     engine: Generator,
-    model: str,
     settings: Settings | None = None,
     progress: bool = True,
     on_batch: Callable[[BatchReport], None] | None = None,
 ) -> RunSummary:
-    """Generate for every line of ``in_path`` into ``out_path``; resumes the job an earlier run
+    """Generate for every line of ``source`` into ``out_path``; resumes the job an earlier run
     of the same input, output and model left unfinished. The database is
     ``settings.database_url`` (upgraded first)."""
     settings = settings or get_settings()
-    raw = in_path.read_bytes()
-    lines = [parse_line(text, i) for i, text in enumerate(_input_lines(raw))]
-    valid = [line for line in lines if line.error is None]
+    model = source.model
+    lines = source.read.lines
+    valid = source.read.valid
     upgrade(settings.database_url)
     db = make_db_engine(settings.database_url)
     try:
         sessions = session_factory(db)
         tag = {
             RUN_TAG: str(out_path.resolve()),
-            "input_sha256": hashlib.sha256(raw).hexdigest(),
+            "input_sha256": hashlib.sha256(source.raw).hexdigest(),
             "model": model,
         }
         job_id = _job_for(sessions, out_path, tag, valid)
@@ -160,14 +176,6 @@ def run_file(
     return summary
 
 
-def _input_lines(raw: bytes) -> Iterator[str]:
-    # Lines as a text-mode file reads them (\n, \r\n, \r), not str.splitlines(), which would
-    # also split at a U+2028 inside a JSON string.
-    for text in io.StringIO(raw.decode("utf-8"), newline=None):
-        if text.strip():
-            yield text
-
-
 def _job_for(
     sessions: sessionmaker[Session], out_path: Path, tag: dict[str, str], valid: Sequence[Line]
 ) -> str:
@@ -187,22 +195,15 @@ def _job_for(
             cancel_job(session, tenant=DEFAULT_TENANT, job_id=job.id)  # its input changed
         if not valid:
             return ""
-        common = Counter(line.params for line in valid).most_common(1)[0][0]
+        requests = [line.request for line in valid if line.request is not None]
+        common = Counter(request.params for request in requests).most_common(1)[0][0]
         assert common is not None
         return create_job(
             session,
             tenant=DEFAULT_TENANT,
             model=tag["model"],
             params=common,
-            requests=[
-                NewRequest(
-                    custom_id=line.custom_id,
-                    prompt=line.prompt,
-                    messages=line.messages,
-                    params=line.params,
-                )
-                for line in valid
-            ],
+            requests=requests,
             metadata=tag,
         )
 
@@ -233,7 +234,7 @@ def _render(
 ) -> list[dict[str, Any]]:
     """Output lines in input order: a bad line's error, else its stored outcome. Counts the
     lines this run finished into ``summary``."""
-    position = {line.index: idx for idx, line in enumerate(valid)}
+    position = {line.number: idx for idx, line in enumerate(valid)}
     missing = len(valid) - len(rows)
     if missing:
         raise Conflict(f"{missing} lines are still held by another process; run again later")
@@ -242,9 +243,10 @@ def _render(
     for line in lines:
         if line.error is not None:
             summary.failed += 1
-            outputs.append(render(line, model=model, error=str(line.error)))
+            error, param = line.error_text, line.error.field
+            outputs.append(render(line.custom_id, line.form, model=model, error=error, param=param))
             continue
-        idx = position[line.index]
+        idx = position[line.number]
         row = rows[idx]
         ok = row.status is RequestStatus.SUCCEEDED
         if idx in fresh:
@@ -256,10 +258,17 @@ def _render(
         if ok:
             choices = [c.__dict__ for c in row.choices]
             outputs.append(
-                render(line, model=model, choices=choices, prompt_tokens=row.prompt_tokens)
+                render(
+                    line.custom_id,
+                    line.form,
+                    model=model,
+                    choices=choices,
+                    prompt_tokens=row.prompt_tokens,
+                )
             )
         else:
-            outputs.append(render(line, model=model, error=row.error or f"request {row.status}"))
+            error = row.error or f"request {row.status}"
+            outputs.append(render(line.custom_id, line.form, model=model, error=error))
     return outputs
 
 

@@ -5,22 +5,13 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import ContextDep, SessionDep, TenantDep
+from api.jsonbody import CheckedJsonRoute
 from genq import openai_batches
+from genq.intake import BatchCreate
 
-
-class BatchCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    input_file_id: str = Field(min_length=1, max_length=64)
-    endpoint: str
-    completion_window: str
-    metadata: dict[str, str] | None = Field(default=None, max_length=16)
-
-
-router = APIRouter(prefix="/v1/batches", tags=["batches"])
+router = APIRouter(prefix="/v1/batches", tags=["batches"], route_class=CheckedJsonRoute)
 
 
 @router.post("")

@@ -9,6 +9,7 @@ from fastapi.responses import Response
 
 from api.deps import SessionDep, TenantDep
 from genq.errors import InvalidRequest
+from genq.intake import jsontext
 from genq.openai_batches import file_public
 from genq.store.files import create_file, file_content
 
@@ -27,13 +28,9 @@ def upload(
     content = file.file.read()
     if not content:
         raise InvalidRequest("file", "the file is empty")
-    info = create_file(
-        session,
-        tenant=tenant,
-        purpose=purpose,
-        filename=file.filename or "input.jsonl",
-        content=content,
-    )
+    filename = file.filename or "input.jsonl"
+    jsontext.check(filename, where="file.filename")
+    info = create_file(session, tenant=tenant, purpose=purpose, filename=filename, content=content)
     return file_public(session, tenant=tenant, file_id=info.id)
 
 

@@ -9,27 +9,24 @@ from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
 from api.deps import ContextDep, SessionDep, TenantDep, cached_read
-from api.schemas import JobCreate
+from api.jsonbody import CheckedJsonRoute
 from genq import service
+from genq.intake import JobCreate
+from genq.intake.jsontext import INT_LIMIT
 from genq.store import cancel_job, get_job
 from genq.store.views import finished_prefix, list_jobs
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=CheckedJsonRoute)
 
 MAX_PAGE = 1000
 
 
 @router.post("", status_code=202)
 def create(body: JobCreate, tenant: TenantDep, context: ContextDep) -> dict[str, Any]:
+    """Submit a job: its requests in the body, or an uploaded file's lines (``input_file_id``).
+    ``params`` are every request's defaults; a request's own ``params`` override them."""
     job_id = service.submit(
-        context.sessions,
-        context.publisher,
-        context.settings,
-        tenant=tenant,
-        model=body.model,
-        params=body.params,
-        requests=[r.new() for r in body.requests],
-        metadata=body.metadata,
+        context.sessions, context.publisher, context.settings, tenant=tenant, body=body
     )
     with context.sessions.begin() as session:
         return service.job_public(get_job(session, tenant=tenant, job_id=job_id))
@@ -68,7 +65,7 @@ def results(
     job_id: str,
     tenant: TenantDep,
     context: ContextDep,
-    after: Annotated[int, Query(ge=-1)] = -1,
+    after: Annotated[int, Query(ge=-1, lt=INT_LIMIT)] = -1,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
     format: Literal["json", "jsonl"] = "json",
 ) -> dict[str, Any] | StreamingResponse:
@@ -80,14 +77,15 @@ def results(
         if format == "json":
             rows = finished_prefix(session, job_id=job_id, after_idx=after, limit=limit)
     if format == "jsonl":
-        lines = service.jsonl_lines(service.all_results(context.sessions, job_id=job_id))
+        rows_of = service.all_results(context.sessions, job_id=job_id)
+        lines = service.jsonl_lines(rows_of, job_params=job.params)
         return StreamingResponse(lines, media_type="application/jsonl")
     nxt = rows[-1].idx if rows else after
     more = not job.status.is_terminal or len(rows) == limit
     return {
         "object": "list",
         "job_status": str(job.status),
-        "data": [service.result_public(r) for r in rows],
+        "data": [service.result_public(r, job_params=job.params) for r in rows],
         "next": nxt,
         "has_more": more and (len(rows) == limit or nxt + 1 < job.total),
     }

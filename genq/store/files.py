@@ -9,7 +9,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from genq.errors import NotFound
-from genq.store.tables import File, new_id, utcnow
+from genq.store.tables import File, looks_like_id, new_id, utcnow
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,8 @@ def create_file(
 
 
 def get_file(session: Session, *, tenant: str, file_id: str) -> FileInfo:
+    if not looks_like_id(file_id):
+        raise NotFound(f"no file {file_id!r}")
     row = session.execute(
         select(
             File.id, File.tenant, File.purpose, File.filename, File.bytes, File.created_at
@@ -48,6 +50,8 @@ def get_file(session: Session, *, tenant: str, file_id: str) -> FileInfo:
 
 
 def file_content(session: Session, *, tenant: str, file_id: str) -> bytes:
+    if not looks_like_id(file_id):
+        raise NotFound(f"no file {file_id!r}")
     content = session.scalar(select(File.content).where(File.id == file_id, File.tenant == tenant))
     if content is None:
         raise NotFound(f"no file {file_id}")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
@@ -14,7 +14,7 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from genq.errors import InvalidRequest, JobNotFound
-from genq.params import GenerationParams
+from genq.params import PER_ROW_FIELDS, GenerationParams
 from genq.store.db import Reader, bulk_insert
 from genq.store.records import Choice, JobInfo, NewRequest, ResultRow
 from genq.store.status import JobStatus, RequestStatus, check_transition, sources
@@ -22,7 +22,9 @@ from genq.store.tables import (
     MAX_CUSTOM_ID_LENGTH,
     Job,
     Request,
+    REFUSED_PROMPT,
     Result,
+    looks_like_id,
     new_id,
     new_ids,
     utcnow,
@@ -32,6 +34,8 @@ from genq.store.tally import PLAIN, Tally, apply_tallies, cancel_requests
 log = logging.getLogger(__name__)
 
 DEFAULT_PAGE = 1000
+MAX_PARAM_SETS = 64
+"""Most parameter sets a job lists (a job may have more)."""
 _CANCELLED = (JobStatus.CANCELLING, JobStatus.CANCELLED)
 
 # Built once, on the table's columns rather than the entity's (which take the ORM's slower
@@ -52,13 +56,52 @@ def create_job(
     metadata: dict[str, Any] | None = None,
     now: datetime | None = None,
 ) -> str:
-    """Write a job and all its requests (queued, unannounced) in the caller's transaction;
-    return the job id. The requests go in as one bulk write (see :func:`bulk_insert`): a
-    50,000-request job is accepted in seconds."""
+    """Write a job and all its requests (queued, unannounced; those refused at intake failed)
+    in the caller's transaction; return the job id. The requests go in as one bulk write (see
+    :func:`bulk_insert`): a 50,000-request job is accepted in seconds."""
     if not requests:
         raise InvalidRequest("requests", "a job needs at least one request")
     now = now or utcnow()
     job_id = new_id("job")
+    # Most requests use the job's parameters: hash those once, store them once (on the job).
+    keys = {params: params.group_key()}
+    sets: dict[str, ParamSet] = {}
+    rows = []
+    refused = 0
+    ids = new_ids("req", len(requests))
+    for idx, new in enumerate(requests):
+        if new.custom_id is not None and len(new.custom_id) > MAX_CUSTOM_ID_LENGTH:
+            raise InvalidRequest(
+                f"requests.{idx}.custom_id", f"longer than {MAX_CUSTOM_ID_LENGTH} characters"
+            )
+        own = new.params if new.params is not None and new.params != params else None
+        if own is not None and own not in keys:
+            keys[own] = own.group_key()
+        key = keys[params if own is None else own]
+        if new.error is None:
+            sets.setdefault(key, ParamSet(params if own is None else own)).requests += 1
+        else:
+            refused += 1
+        # Columns left out (lease, announcement) start NULL.
+        rows.append(
+            {
+                "id": ids[idx],
+                "job_id": job_id,
+                "idx": idx,
+                "custom_id": new.custom_id,
+                "model": model,
+                "group_key": key,
+                "prompt": REFUSED_PROMPT if new.error is not None else new.prompt,
+                "messages": None if new.messages is None else list(new.messages),
+                "params": None if own is None else own.model_dump(mode="json"),
+                "status": RequestStatus.QUEUED if new.error is None else RequestStatus.FAILED,
+                "error": new.error,
+                "attempts": 0,
+                "fence": 0,
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
     session.execute(
         insert(Job),
         [
@@ -67,54 +110,41 @@ def create_job(
                 "tenant": tenant,
                 "model": model,
                 "params": params.model_dump(mode="json"),
+                "param_sets": [s.public(k) for k, s in sorted(sets.items())[:MAX_PARAM_SETS]],
                 "metadata_": metadata,
-                "status": JobStatus.QUEUED,
+                # A job of refused lines only has nothing to run: it ends as it is made.
+                "status": JobStatus.QUEUED if sets else JobStatus.COMPLETED,
                 "total": len(requests),
-                **dict.fromkeys(("succeeded", "failed", "cancelled"), 0),
+                "succeeded": 0,
+                "failed": refused,
+                "cancelled": 0,
                 **dict.fromkeys(("prompt_tokens", "completion_tokens"), 0),
                 "created_at": now,
                 "started_at": None,
-                "finished_at": None,
+                "finished_at": None if sets else now,
             }
         ],
     )
-    # Most requests use the job's parameters: hash those once, store them once (on the job).
-    keys = {params: params.group_key()}
-    rows = []
-    ids = new_ids("req", len(requests))
-    for idx, new in enumerate(requests):
-        if new.custom_id is not None and len(new.custom_id) > MAX_CUSTOM_ID_LENGTH:
-            raise InvalidRequest(
-                f"requests[{idx}].custom_id", f"longer than {MAX_CUSTOM_ID_LENGTH} characters"
-            )
-        own = new.params if new.params is not None and new.params != params else None
-        if own is not None and own not in keys:
-            keys[own] = own.group_key()
-        # Columns left out (lease, announcement, error) start NULL.
-        rows.append(
-            {
-                "id": ids[idx],
-                "job_id": job_id,
-                "idx": idx,
-                "custom_id": new.custom_id,
-                "model": model,
-                "group_key": keys[params if own is None else own],
-                "prompt": new.prompt,
-                "messages": None if new.messages is None else list(new.messages),
-                "params": None if own is None else own.model_dump(mode="json"),
-                "status": RequestStatus.QUEUED,
-                "attempts": 0,
-                "fence": 0,
-                "created_at": now,
-                "updated_at": now,
-            }
-        )
     bulk_insert(session, Request, rows)
     return job_id
 
 
+@dataclass
+class ParamSet:
+    """Requests of one job that share a parameter set (they may differ in seed and stop)."""
+
+    params: GenerationParams
+    requests: int = 0
+
+    def public(self, key: str) -> dict[str, Any]:
+        shared = self.params.model_dump(mode="json", exclude=set(PER_ROW_FIELDS))
+        return {"key": key, "params": shared, "requests": self.requests}
+
+
 def get_job(session: Reader, *, tenant: str, job_id: str) -> JobInfo:
     """The job, if it belongs to ``tenant``; :class:`JobNotFound` otherwise."""
+    if not looks_like_id(job_id):
+        raise JobNotFound(f"no job {job_id!r}")
     row = session.execute(_JOB_BY_ID, {"job_id": job_id, "tenant": tenant}).one_or_none()
     if row is None:
         raise JobNotFound(f"no job {job_id}")
@@ -179,7 +209,16 @@ def list_results(
     position ``after_idx + 1`` on. Callers check the tenant with :func:`get_job` first."""
     terminal = [s for s in RequestStatus if s.is_terminal]
     rows = session.execute(
-        select(Request.id, Request.idx, Request.custom_id, Request.status, Request.error, Result)
+        select(
+            Request.id,
+            Request.idx,
+            Request.custom_id,
+            Request.status,
+            Request.error,
+            Request.params,
+            (Request.prompt == REFUSED_PROMPT).label("refused"),
+            Result,
+        )
         .outerjoin(Result, Result.request_id == Request.id)
         .where(Request.job_id == job_id, Request.idx > after_idx, Request.status.in_(terminal))
         .order_by(Request.idx)
@@ -195,6 +234,8 @@ def list_results(
             error=row.error,
             prompt_tokens=row.Result.prompt_tokens if row.Result else 0,
             completion_tokens=row.Result.completion_tokens if row.Result else 0,
+            params=row.params,
+            refused=bool(row.refused),
         )
         for row in rows
     ]

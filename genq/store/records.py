@@ -15,15 +15,20 @@ FinishReason = Literal["stop", "length"]
 
 @dataclass(frozen=True)
 class NewRequest:
-    """One prompt of a job being created: a text prompt or chat messages, never both."""
+    """One prompt of a job being created: a text prompt or chat messages, never both; or, for
+    an input line that could not be read, neither and the ``error`` it fails with."""
 
     custom_id: str | None = None
     prompt: str | None = None
     messages: tuple[dict[str, Any], ...] | None = None
-    params: GenerationParams | None = None  # overrides the job's (an OpenAI batch line's body)
+    params: GenerationParams | None = None  # resolved; None: the job's
+    error: str | None = None
 
     def __post_init__(self) -> None:
-        if (self.prompt is None) == (self.messages is None):
+        if self.error is not None:
+            if self.prompt is not None or self.messages is not None:
+                raise ValueError("a request refused at intake has no prompt")
+        elif (self.prompt is None) == (self.messages is None):
             raise InvalidRequest("prompt", "give exactly one of prompt and messages")
 
 
@@ -34,6 +39,7 @@ class JobInfo:
     model: str
     status: JobStatus
     params: dict[str, Any]
+    param_sets: list[dict[str, Any]] | None
     metadata: dict[str, Any] | None
     total: int
     succeeded: int
@@ -100,6 +106,8 @@ class ResultRow:
     error: str | None
     prompt_tokens: int
     completion_tokens: int
+    params: dict[str, Any] | None = None  # its own resolved parameters; None: the job's
+    refused: bool = False  # an input line refused at intake: it never ran
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import builtins
+import re
 import secrets
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -38,6 +39,7 @@ DEFAULT_TENANT = "default"
 ID_LENGTH = 40
 MAX_CUSTOM_ID_LENGTH = 256
 MAX_NAME_LENGTH = 200  # model names, tenants, worker ids
+REFUSED_PROMPT = ""  # the prompt of an input line refused at intake (see Request.prompt)
 
 
 def new_id(prefix: str) -> str:
@@ -49,6 +51,15 @@ def new_ids(prefix: str, count: int) -> list[str]:
     # 15 bytes are exactly 24 base32 digits, so one encode of all the bytes slices cleanly.
     digits = base64.b32encode(secrets.token_bytes(15 * count)).decode().lower()
     return [f"{prefix}_{digits[i : i + 24]}" for i in range(0, 24 * count, 24)]
+
+
+_ID = re.compile(r"[a-z][a-z_]*_[a-z2-7]{24}")
+
+
+def looks_like_id(value: str) -> bool:
+    """Whether ``value`` has the shape of an id genq made: anything else names nothing, and is
+    answered as missing without a query (a NUL in it would make PostgreSQL fail one)."""
+    return len(value) <= ID_LENGTH and _ID.fullmatch(value) is not None
 
 
 def utcnow() -> datetime:
@@ -111,6 +122,8 @@ class Job(Base):
     tenant: Mapped[str] = mapped_column(String(MAX_NAME_LENGTH), server_default=DEFAULT_TENANT)
     model: Mapped[str] = mapped_column(String(MAX_NAME_LENGTH))
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # [{"key", "params" (shared by its requests: no seed or stop), "requests"}], by key.
+    param_sets: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON(none_as_null=True))
     # "metadata" is taken on declarative classes; the column keeps the public name.
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON(none_as_null=True))
     status: Mapped[JobStatus] = mapped_column(_status(JobStatus, "job_status"))
@@ -141,6 +154,8 @@ class Request(Base):
     custom_id: Mapped[str | None] = mapped_column(String(MAX_CUSTOM_ID_LENGTH))
     model: Mapped[str] = mapped_column(String(MAX_NAME_LENGTH))
     group_key: Mapped[str] = mapped_column(String(32))
+    # An input line refused at intake is a request failed from the start, its prompt empty (a
+    # prompt genq never accepts) and its error saying why.
     prompt: Mapped[str | None] = mapped_column(Text)
     messages: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON(none_as_null=True))
     # Only a request's own parameters (an OpenAI batch line's body); NULL means the job's, which

@@ -22,7 +22,7 @@ CASES: list[tuple[str, Any, int, str]] = [
     # (name, JSON body or raw bytes, status, text the message must hold)
     ("malformed json", b'{"requests": [', 400, "body: malformed JSON"),
     ("not an object", [1, 2], 422, "body"),
-    ("requests missing", {"params": {}}, 422, "requests: Field required"),
+    ("requests missing", {"params": {}}, 422, "requests: give requests, or input_file_id"),
     ("requests not a list", {"requests": "hello"}, 422, "requests:"),
     ("no requests", {"requests": []}, 422, "requests: a job needs at least one request"),
     ("unknown top field", job(colour="red"), 422, "colour: unknown field"),
@@ -66,7 +66,7 @@ CASES: list[tuple[str, Any, int, str]] = [
         "params.min_new_tokens",
     ),
     ("unknown model", job(model="no-such-model"), 404, "model: unknown model 'no-such-model'"),
-    ("model with spaces", job(model="a b"), 404, "model"),
+    ("model with spaces", job(model="a b"), 422, "model: must be 1 to 200 printable"),
     ("metadata wrong type", job(metadata={"k": 1}), 422, "metadata.k"),
     ("too many requests", {"requests": [OK_REQUEST] * 4}, 422, "requests: at most 3 requests"),
 ]

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Row, select
@@ -15,7 +16,7 @@ from genq.errors import Conflict
 from genq.settings import Settings
 from genq.store import RequestStatus, find_job, make_engine, session_factory
 from genq.store.tables import Request
-from worker.bulk import RUN_TAG, run_file
+from worker.bulk import RUN_TAG, RunSummary, read_input, run_file
 from worker.engine import Engine
 from worker.models import LoadedModel
 from worker.types import BatchReport
@@ -29,6 +30,14 @@ EngineFactory = Callable[..., Engine]
 def settings(tmp_path: Path, tiny_cache: Path) -> Settings:
     """The embedded database in the test's temp dir, never the user's."""
     return Settings(database_url=f"sqlite:///{tmp_path / 'genq.db'}", model_cache=tiny_cache)
+
+
+def run_path(
+    src: Path, out: Path, *, settings: Settings, model: str | None = "tiny-gpt2", **kwargs: Any
+) -> RunSummary:
+    """``genq run`` on ``src``, as the command reads it."""
+    source = read_input(src, model=model, settings=settings)
+    return run_file(source, out, settings=settings, progress=False, **kwargs)
 
 
 def write_lines(path: Path, lines: Sequence[object]) -> Path:
@@ -58,9 +67,7 @@ def test_native_lines_in_input_order_with_errors(
     ]
     src = write_lines(tmp_path / "in.jsonl", lines)
     out = tmp_path / "out.jsonl"
-    summary = run_file(
-        src, out, engine=make_engine(tiny), model="tiny-gpt2", settings=settings, progress=False
-    )
+    summary = run_path(src, out, engine=make_engine(tiny), settings=settings)
     got = read_lines(out)
     assert [o["custom_id"] for o in got] == [
         "c0",
@@ -79,9 +86,9 @@ def test_native_lines_in_input_order_with_errors(
         at_limit = o["usage"]["completion_tokens"] == limit
         assert (o["finish_reason"] == "length") == at_limit
         assert o["usage"]["completion_tokens"] <= limit
-    assert "invalid JSON" in got[5]["error"]
-    assert got[6]["error"].startswith("params.top_p:")
-    assert got[7]["error"] == "params.beams: unknown parameter"
+    assert got[5]["error"].startswith("line 6: malformed JSON")
+    assert got[6]["error"].startswith("line 7: params.top_p:")
+    assert got[7]["error"] == "line 8: params.beams: unknown parameter"
     assert (summary.ok, summary.failed) == (6, 3)
     assert summary.completion_tokens == sum(
         o["usage"]["completion_tokens"] for o in got[:5] + got[8:]
@@ -101,7 +108,12 @@ def test_openai_lines(
             "custom_id": "a",
             "method": "POST",
             "url": "/v1/completions",
-            "body": {"model": "x", "prompt": "Once upon a time", "max_tokens": 5, "temperature": 0},
+            "body": {
+                "model": "tiny-gpt2",
+                "prompt": "Once upon a time",
+                "max_tokens": 5,
+                "temperature": 0,
+            },
         },
         {
             "custom_id": "b",
@@ -122,17 +134,29 @@ def test_openai_lines(
             "url": "/v1/completions",
             "body": {"prompt": "x", "logprobs": 2},
         },
+        {
+            "custom_id": "f",
+            "method": "POST",
+            "url": "/v1/completions",
+            "body": {"model": "smollm2-135m", "prompt": "x"},
+        },
+        {
+            "custom_id": "g",
+            "method": "POST",
+            "url": "/v1/completions",
+            "body": {"prompt": "x", "max_tokens": "5"},
+        },
     ]
     out = tmp_path / "out.jsonl"
-    run_file(
+    # No --model: the run takes the model the lines name.
+    run_path(
         write_lines(tmp_path / "in.jsonl", lines),
         out,
         engine=make_engine(tiny),
-        model="tiny-gpt2",
+        model=None,
         settings=settings,
-        progress=False,
     )
-    a, b, c, d, e = read_lines(out)
+    a, b, c, d, e, f, g = read_lines(out)
     assert a["custom_id"] == "a" and a["error"] is None
     assert a["response"]["status_code"] == 200
     body = a["response"]["body"]
@@ -145,6 +169,9 @@ def test_openai_lines(
     assert "no chat template" in c["response"]["body"]["error"]["message"]
     assert d["response"]["body"]["error"]["param"] == "url"
     assert e["response"]["body"]["error"]["param"] == "body.logprobs"
+    assert f["response"]["body"]["error"]["param"] == "body.model"
+    assert "one model per job: this one runs tiny-gpt2" in f["response"]["body"]["error"]["message"]
+    assert g["response"]["body"]["error"]["param"] == "body.max_tokens"
 
 
 class Interrupt(Exception):
@@ -178,7 +205,7 @@ def test_interrupted_run_resumes_without_redoing_lines(
         raise Interrupt
 
     engine = make_engine(tiny, max_batch_size=4, step_cost=100_000)
-    run = partial(run_file, engine=engine, model="tiny-gpt2", settings=settings, progress=False)
+    run = partial(run_path, engine=engine, settings=settings)
     with pytest.raises(Interrupt):
         run(src, out, on_batch=stop_after_one)
     assert not out.exists()
@@ -208,15 +235,16 @@ KILLED_RUN = """
 import os, sys
 from pathlib import Path
 from genq.settings import Settings
-from worker.bulk import run_file
+from worker.bulk import read_input, run_file
 from worker.engine import Engine
 from worker.models import load_model
 
 settings = Settings(database_url=sys.argv[3], model_cache=Path(sys.argv[4]))
 engine = Engine(load_model("tiny-gpt2", settings), max_batch_tokens=65536, max_batch_size=4,
                 step_cost=100_000)
-run_file(Path(sys.argv[1]), Path(sys.argv[2]), engine=engine, model="tiny-gpt2",
-         settings=settings, progress=False, on_batch=lambda report: os._exit(9))
+source = read_input(Path(sys.argv[1]), model="tiny-gpt2", settings=settings)
+run_file(source, Path(sys.argv[2]), engine=engine, settings=settings, progress=False,
+         on_batch=lambda report: os._exit(9))
 """
 
 
@@ -236,13 +264,11 @@ def test_a_killed_run_resumes_from_the_store(
     # The dead process's claims are still running under its lease...
     assert {r.status for r in rows if r.id not in finished} == {RequestStatus.RUNNING}
     second: list[BatchReport] = []
-    summary = run_file(
+    summary = run_path(
         src,
         out,
         engine=make_engine(tiny, max_batch_size=4, step_cost=100_000),
-        model="tiny-gpt2",
         settings=settings,
-        progress=False,
         on_batch=second.append,
     )
     # ...and the rerun released them at once, ran each alone (any may have killed the run),
@@ -258,9 +284,7 @@ def test_output_of_another_input_is_refused(
 ) -> None:
     out = write_lines(tmp_path / "out.jsonl", [{"custom_id": "zzz", "text": "x"}])
     src = write_lines(tmp_path / "in.jsonl", native_lines(2))
-    run = partial(
-        run_file, engine=make_engine(tiny), model="tiny-gpt2", settings=settings, progress=False
-    )
+    run = partial(run_path, engine=make_engine(tiny), settings=settings)
     with pytest.raises(Conflict, match="different input"):
         run(src, out)
     out.unlink()

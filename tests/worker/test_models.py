@@ -14,6 +14,7 @@ from huggingface_hub import constants
 from transformers import AutoTokenizer, BatchEncoding, GPT2LMHeadModel
 
 from genq.errors import ModelNotFound, ModelUnavailable
+from genq.modelnames import local_model
 from genq.settings import Settings, get_settings
 from worker.models import (
     LoadedModel,
@@ -180,14 +181,15 @@ def test_stale_recipe_is_rebuilt(tmp_path: Path) -> None:
 # name resolution
 
 
-def test_load_from_a_plain_directory(
+def test_load_from_a_directory_under_a_model_root(
     tiny: LoadedModel, tmp_path: Path, make_settings: MakeSettings
 ) -> None:
-    directory = tmp_path / "my-gpt2"
+    directory = tmp_path / "models" / "org" / "my-gpt2"
     tiny.model.save_pretrained(directory)
     tiny.tokenizer.save_pretrained(directory)
-    loaded = load_model(str(directory), make_settings(device="cpu"))
-    assert loaded.name == str(directory)
+    settings = make_settings(device="cpu").model_copy(update={"model_dirs": (tmp_path / "models",)})
+    loaded = load_model("org/my-gpt2", settings)
+    assert loaded.name == "org/my-gpt2"
     assert loaded.tokenizer.pad_token is None
     assert loaded.pad_token_id == tiny.pad_token_id
     assert torch.equal(
@@ -197,11 +199,33 @@ def test_load_from_a_plain_directory(
     assert not (make_settings().model_cache / "tiny-gpt2").exists()
 
 
-def test_directory_without_a_model_is_unavailable(
+@pytest.mark.parametrize("name", ["..", "/etc", "org/../..", "./models/org/my-gpt2", "~"])
+def test_a_path_is_never_a_model_name(
+    name: str, tiny_cache: Path, tmp_path: Path, make_settings: MakeSettings
+) -> None:
+    copy_model(tiny_cache / "tiny-gpt2", tmp_path / "models" / "org" / "my-gpt2")
+    settings = make_settings().model_copy(update={"model_dirs": (tmp_path / "models",)})
+    with pytest.raises(ModelNotFound):
+        resolve_model_path(name, settings)
+
+
+def test_a_command_line_path_becomes_a_name_under_its_parent(
+    tiny_cache: Path, tmp_path: Path, make_settings: MakeSettings
+) -> None:
+    mine = copy_model(tiny_cache / "tiny-gpt2", tmp_path / "elsewhere" / "mine")
+    name, settings = local_model(str(mine), make_settings())
+    assert name == "mine"
+    assert resolve_model_path(name, settings) == mine
+    assert local_model("tiny-gpt2", settings) == ("tiny-gpt2", settings)
+
+
+def test_directory_without_a_model_is_not_a_model(
     tmp_path: Path, make_settings: MakeSettings
 ) -> None:
-    with pytest.raises(ModelUnavailable, match="config.json"):
-        load_model(str(tmp_path), make_settings())
+    (tmp_path / "models" / "empty").mkdir(parents=True)
+    settings = make_settings().model_copy(update={"model_dirs": (tmp_path / "models",)})
+    with pytest.raises(ModelNotFound):
+        load_model("empty", settings)
 
 
 def test_model_directory_in_the_cache_resolves_by_name(

@@ -1,4 +1,5 @@
-"""Model names and where they resolve: built-ins, local directories, the local HF cache.
+"""Model names and where they resolve: built-ins, directories under the model roots, the local
+HF cache (the rule is genq.modelnames', which the API checks names with).
 
 genq never downloads from a model hub. Built-ins are provisioned by recipes in this
 package; any other model must already be on disk.
@@ -15,6 +16,7 @@ from huggingface_hub import constants, scan_cache_dir, snapshot_download
 from huggingface_hub.errors import CacheNotFound, HFValidationError, LocalEntryNotFoundError
 
 from genq.errors import ModelNotFound
+from genq.modelnames import DIRECTORY_NAME, model_directory
 from genq.settings import Settings
 from worker.models import smollm2, tiny_gpt2
 from worker.models.cache import build_once, is_ready
@@ -60,19 +62,17 @@ def resolve_model_path(name: str, settings: Settings) -> Path:
     """The local directory holding model ``name``, provisioning a built-in on first use."""
     if name in BUILTINS:
         return pull_model(name, settings)
-    path = Path(name).expanduser()
-    if name and path.is_dir():  # Path("") is the working directory, not a model
-        return path
-    # A model directory dropped into the cache is addressed by its bare name.
-    if path.name == name and _is_model_dir(settings.model_cache / name):
-        return settings.model_cache / name
-    snapshot = _hf_snapshot(name)
+    directory = model_directory(name, settings)
+    if directory is not None:
+        return directory
+    snapshot = _hf_snapshot(name) if DIRECTORY_NAME.fullmatch(name) else None
     if snapshot is not None:
         return snapshot
     raise ModelNotFound(
-        f"unknown model {name!r}: not a built-in ({_builtin_names()}), not a directory, and "
-        f"not in the local Hugging Face cache ({constants.HF_HUB_CACHE}). genq never "
-        f"downloads from the hub; fetch it first (`hf download {name}`) or name a directory."
+        f"unknown model {name!r}: not a built-in ({_builtin_names()}), not a model directory "
+        "under the model cache or GENQ_MODEL_DIRS, and not in the local Hugging Face cache "
+        f"({constants.HF_HUB_CACHE}). genq never downloads from the hub; fetch it first "
+        f"(`hf download {name}`) or put it under a model directory."
     )
 
 

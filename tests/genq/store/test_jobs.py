@@ -89,7 +89,7 @@ def test_ids_are_random_and_unique(store: Database) -> None:
     ("requests", "field"),
     [
         ([], "requests"),
-        ([NewRequest(custom_id="x" * 257, prompt="p")], "requests[0].custom_id"),
+        ([NewRequest(custom_id="x" * 257, prompt="p")], "requests.0.custom_id"),
     ],
 )
 def test_create_job_refuses_bad_input(

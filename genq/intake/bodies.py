@@ -1,0 +1,102 @@
+"""The shapes clients send: a request (native API body or native file line), a job body, a
+batch body. Unknown fields and wrong types are refused by name; the checks that need settings
+or the whole job (parameters resolved against the job's, prompt size, duplicate ids) come after,
+in :mod:`genq.intake.requests`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
+
+from genq.errors import InvalidRequest
+from genq.intake.jsontext import field_path
+from genq.params import params_schema
+from genq.store.tables import MAX_CUSTOM_ID_LENGTH, MAX_NAME_LENGTH
+
+Strict = ConfigDict(extra="forbid", strict=True)
+
+MAX_METADATA_KEYS = 16
+MAX_METADATA_KEY_CHARS = 64
+MAX_METADATA_VALUE_CHARS = 512
+"""Metadata limits, OpenAI's: 16 pairs, keys up to 64 characters, values up to 512."""
+
+Role = Literal["system", "user", "assistant"]
+
+ParamsIn = Annotated[
+    dict[str, Any] | None,
+    WithJsonSchema({"anyOf": [params_schema(), {"type": "null"}]}),
+]
+"""Parameters as sent: checked once resolved (a request's over its job's)."""
+
+CustomId = Annotated[str, Field(min_length=1, max_length=MAX_CUSTOM_ID_LENGTH)]
+
+Metadata = Annotated[
+    dict[
+        Annotated[str, Field(max_length=MAX_METADATA_KEY_CHARS)],
+        Annotated[str, Field(max_length=MAX_METADATA_VALUE_CHARS)],
+    ]
+    | None,
+    Field(max_length=MAX_METADATA_KEYS),
+]
+
+
+class Message(BaseModel):
+    model_config = Strict
+
+    role: Role
+    content: str = Field(min_length=1)
+
+
+class RequestIn(BaseModel):
+    """One prompt: ``prompt`` or chat ``messages`` (exactly one), its own ``params`` over the
+    job's, field by field."""
+
+    model_config = Strict
+
+    custom_id: CustomId | None = None
+    prompt: str | None = Field(default=None, min_length=1)
+    messages: list[Message] | None = Field(default=None, min_length=1)
+    params: ParamsIn = None
+
+
+class JobCreate(BaseModel):
+    """A job: ``requests`` in the body (all valid or none stored), or ``input_file_id``, an
+    uploaded JSONL file (native or OpenAI Batch lines; a bad line fails alone). ``params`` are
+    the defaults of every request; ``model`` defaults to the service's (or the file's)."""
+
+    model_config = Strict
+
+    model: str | None = Field(default=None, min_length=1, max_length=MAX_NAME_LENGTH)
+    params: ParamsIn = None
+    requests: list[RequestIn] | None = None
+    input_file_id: str | None = Field(default=None, min_length=1, max_length=64)
+    metadata: Metadata = None
+
+
+class BatchCreate(BaseModel):
+    model_config = Strict
+
+    input_file_id: str = Field(min_length=1, max_length=64)
+    endpoint: str = Field(max_length=64)
+    completion_window: str = Field(max_length=16)
+    metadata: Metadata = None
+
+
+def validated(model: type[BaseModel], raw: Any, *, where: str = "") -> Any:
+    """``raw`` as ``model``, or :class:`InvalidRequest` naming the first bad field."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise first_error(exc.errors(), where=where) from None
+
+
+def first_error(errors: Sequence[Mapping[str, Any]], *, where: str = "") -> InvalidRequest:
+    """The first of pydantic's errors as genq reports it: the field as the client wrote it."""
+    err = errors[0]
+    field = field_path(where, *err.get("loc", ()))
+    message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+    if err.get("type") == "extra_forbidden":
+        message = "unknown field"
+    return InvalidRequest(field, message)
