@@ -22,6 +22,7 @@ from genq.store.tables import (
     MAX_CUSTOM_ID_LENGTH,
     Job,
     Request,
+    MAX_IDX,
     REFUSED_PROMPT,
     Result,
     looks_like_id,
@@ -207,6 +208,7 @@ def list_results(
 ) -> list[ResultRow]:
     """Finished requests of a job (succeeded, failed or cancelled) in input order, from
     position ``after_idx + 1`` on. Callers check the tenant with :func:`get_job` first."""
+    after_idx = min(after_idx, MAX_IDX)
     terminal = [s for s in RequestStatus if s.is_terminal]
     rows = session.execute(
         select(

@@ -39,6 +39,7 @@ DEFAULT_TENANT = "default"
 ID_LENGTH = 40
 MAX_CUSTOM_ID_LENGTH = 256
 MAX_NAME_LENGTH = 200  # model names, tenants, worker ids
+MAX_IDX = 2**31 - 1  # the idx column is a 32-bit integer on PostgreSQL
 REFUSED_PROMPT = ""  # the prompt of an input line refused at intake (see Request.prompt)
 
 

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from genq.store.jobs import get_job, list_results
 from genq.store.records import JobInfo, ResultRow
 from genq.store.status import RequestStatus
-from genq.store.tables import Batch, Job, Request, WorkerHeartbeat, utcnow
+from genq.store.tables import MAX_IDX, Batch, Job, Request, WorkerHeartbeat, utcnow
 
 _OPEN = (RequestStatus.QUEUED, RequestStatus.RUNNING)
 
@@ -41,6 +41,7 @@ def finished_prefix(
     """Finished results in input order from ``after_idx + 1``, up to the first request still
     open: a client paging with the last idx as its cursor sees every result exactly once, even
     while the job runs (results finish out of order)."""
+    after_idx = min(after_idx, MAX_IDX)  # a cursor past any position: bound it for the column
     first_open = session.scalar(
         select(func.min(Request.idx)).where(
             Request.job_id == job_id, Request.idx > after_idx, Request.status.in_(_OPEN)

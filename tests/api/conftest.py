@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import Engine
 
 from api.app import create_app
 from api.context import Context
@@ -35,12 +36,14 @@ class Service:
 
 @pytest.fixture
 def make_service(tmp_path: Path, tiny_cache: Path) -> Iterator[Callable[..., Service]]:
-    """Factory: ``make_service(**settings)`` -> a Service with tenants ``a`` and ``b``."""
+    """Factory: ``make_service(**settings)`` -> a Service with tenants ``a`` and ``b``, on a new
+    SQLite file unless ``database_url`` names another (empty) database."""
     pollers: list[Poller] = []
     clients: list[TestClient] = []
+    engines: list[Engine] = []
 
     def make(**overrides: object) -> Service:
-        url = f"sqlite:///{tmp_path / f'api-{len(clients)}.db'}"
+        url = str(overrides.pop("database_url", f"sqlite:///{tmp_path / f'api-{len(clients)}.db'}"))
         upgrade(url)
         options: dict[str, object] = {
             "database_url": url,
@@ -51,6 +54,7 @@ def make_service(tmp_path: Path, tiny_cache: Path) -> Iterator[Callable[..., Ser
         }
         settings = Settings(**{**options, **overrides})
         engine = make_engine(url)
+        engines.append(engine)
         context = Context(settings, session_factory(engine), None)
         with context.sessions.begin() as session:
             keys = {t: create_key(session, tenant=t) for t in ("a", "b")}
@@ -71,6 +75,16 @@ def make_service(tmp_path: Path, tiny_cache: Path) -> Iterator[Callable[..., Ser
         poller.join(timeout=60)
     for client in clients:
         client.close()
+    for engine in engines:
+        engine.dispose()
+
+
+@pytest.fixture
+def backend_service(
+    make_service: Callable[..., Service], db_url: Callable[[], str], tiny: LoadedModel
+) -> Callable[..., Service]:
+    """Factory like ``make_service``, once on SQLite and once on PostgreSQL."""
+    return lambda **settings: make_service(database_url=db_url(), **settings)
 
 
 @pytest.fixture
