@@ -20,10 +20,10 @@ from genq.store.records import Choice, JobInfo, NewRequest, ResultRow
 from genq.store.status import JobStatus, RequestStatus, check_transition, sources
 from genq.store.tables import (
     MAX_CUSTOM_ID_LENGTH,
-    Job,
-    Request,
     MAX_IDX,
     REFUSED_PROMPT,
+    Job,
+    Request,
     Result,
     looks_like_id,
     new_id,

@@ -140,7 +140,8 @@ NUMBERS: list[Case] = [
     (
         "Infinity",
         raw(
-            '{"requests": [{"prompt": "a"}], "params": {"do_sample": true, "temperature": Infinity}}'
+            '{"requests": [{"prompt": "a"}],'
+            ' "params": {"do_sample": true, "temperature": Infinity}}'
         ),
         422,
         "params.temperature",
