@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import logging
+import time
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -18,11 +20,18 @@ from genq.intake.bodies import first_error
 log = logging.getLogger(__name__)
 
 TYPES = {401: "authentication_error", 404: "not_found_error", 409: "conflict_error"}
+LOG_EVERY_SECONDS = 5.0
 RETRY_AFTER_SECONDS = 1
 """What a 503 tells clients to wait while the database cannot be reached."""
 
-UNREACHABLE = (OperationalError, InterfaceError, DisconnectionError, PoolTimeout)
-"""SQLAlchemy's errors for a database that cannot be reached, or is restarting, or busy."""
+UNREACHABLE = (
+    OperationalError,
+    InterfaceError,
+    DisconnectionError,
+    PoolTimeout,
+    psycopg.OperationalError,  # raised bare by the COPY of a bulk insert
+)
+"""The errors of a database that cannot be reached, or is restarting, or busy."""
 
 
 def error_response(
@@ -62,10 +71,17 @@ def _validation(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(422, f"{field}: {error.message}", param=field)
 
 
+_last_logged = [0.0]  # monotonic time of the last "database unavailable" line
+
+
 def _unreachable(_request: Request, exc: Exception) -> JSONResponse:
     # Connections of a pool die with a database restart; the pool replaces them as they fail,
-    # so clients that retry after a moment get through once the database is back.
-    log.warning("database unavailable: %s", str(exc).splitlines()[0] if str(exc) else exc)
+    # so clients that retry after a moment get through once the database is back. One log line
+    # per LOG_EVERY_SECONDS: an outage under many clients must not flood the log.
+    now = time.monotonic()
+    if now - _last_logged[0] >= LOG_EVERY_SECONDS:
+        _last_logged[0] = now
+        log.warning("database unavailable (answering 503): %s", str(exc).split("\n")[0])
     return error_response(
         503,
         "the database is unavailable; retry shortly",

@@ -6,6 +6,7 @@ databases. Without the binaries the PostgreSQL cases skip."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import itertools
 import os
@@ -16,7 +17,7 @@ import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
@@ -41,6 +42,16 @@ class Database:
 class PgServer:
     host: str
     port: int
+    pg_ctl: Callable[[str], None] = field(repr=False, compare=False)
+    """Runs ``pg_ctl start``, or ``pg_ctl stop`` in mode ``fast`` or ``immediate``, on this
+    server's data directory."""
+
+    def stop(self) -> None:
+        # A clean shutdown: with durability off, an immediate one loses the last commits.
+        self.pg_ctl("fast")
+
+    def start(self) -> None:
+        self.pg_ctl("start")
 
     def url(self, database: str, *, driver: str = "postgresql+psycopg") -> str:
         return f"{driver}://{PG_SUPERUSER}@{self.host}:{self.port}/{database}"
@@ -105,6 +116,25 @@ def running_pg_server() -> Iterator[PgServer]:
         f"-c listen_addresses=127.0.0.1 -p {port} -k {root} "
         "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
     )
+
+    def pg_ctl(action: str) -> None:
+        if action == "start":
+            run(
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-l",
+                str(root / "log"),
+                "-o",
+                options,
+                "-w",
+                "-t",
+                str(PG_START_TIMEOUT_S),
+                "start",
+            )
+        else:
+            run(str(bindir / "pg_ctl"), "-D", str(data), "-m", action, "-w", "stop")
+
     try:
         run(
             str(bindir / "initdb"),
@@ -119,28 +149,17 @@ def running_pg_server() -> Iterator[PgServer]:
             "--locale=C",
             "--no-sync",
         )
-        run(
-            str(bindir / "pg_ctl"),
-            "-D",
-            str(data),
-            "-l",
-            str(root / "log"),
-            "-o",
-            options,
-            "-w",
-            "-t",
-            str(PG_START_TIMEOUT_S),
-            "start",
-        )
+        pg_ctl("start")
     except subprocess.CalledProcessError as exc:
         log = root / "log"
         detail = log.read_text() if log.exists() else exc.stderr
         shutil.rmtree(root, ignore_errors=True)
         raise RuntimeError(f"could not start PostgreSQL: {exc.stderr}\n{detail}") from exc
     try:
-        yield PgServer(host="127.0.0.1", port=port)
+        yield PgServer(host="127.0.0.1", port=port, pg_ctl=pg_ctl)
     finally:
-        run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
+        with contextlib.suppress(subprocess.CalledProcessError):  # stopped by its test
+            pg_ctl("immediate")
         shutil.rmtree(root, ignore_errors=True)
 
 

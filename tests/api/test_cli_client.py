@@ -3,12 +3,14 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
 from typer.testing import CliRunner
 
 from genq.cli import app
+from genq.settings import get_settings
 from tests.api.conftest import Service
 from tests.api.test_openai_client import live
 
@@ -48,3 +50,88 @@ def test_submit_wait_status_results_cancel(
     assert all(r["usage"]["completion_tokens"] == 2 for r in rows)
     missing = runner.invoke(app, ["status", "job_nope"])
     assert missing.exit_code == 2 and "HTTP 404" in missing.output
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def _openai_lines() -> list[dict[str, Any]]:
+    """OpenAI completions lines over the example prompts, with greedy, sampled (n > 1, seeded)
+    and stop-string bodies, and two bad lines."""
+    lines = []
+    for i, line in enumerate(
+        map(json.loads, (EXAMPLES / "prompts.jsonl").read_text().split("\n")[:9])
+    ):
+        body: dict[str, Any] = {"model": "tiny-gpt2", "prompt": line["prompt"], "max_tokens": 12}
+        body.update(
+            [
+                {"temperature": 0},
+                {"temperature": 0.8, "seed": i, "n": 2},
+                {"temperature": 0, "stop": ["\n"]},
+            ][i % 3]
+        )
+        lines.append(
+            {"custom_id": f"o{i}", "method": "POST", "url": "/v1/completions", "body": body}
+        )
+    lines.insert(
+        3,
+        {"custom_id": "bad", "url": "/v1/completions", "body": {"prompt": "x", "max_tokens": "9"}},
+    )
+    lines.append({"custom_id": "o0", "url": "/v1/completions", "body": {"prompt": "dup"}})
+    return lines
+
+
+def _texts(line: dict[str, Any]) -> tuple[str, list[str] | str]:
+    """(custom_id, texts or error) of an output line of ``genq run`` or ``genq results``."""
+    if "response" in line:
+        body = line["response"]["body"]
+        if "error" in body:
+            return line["custom_id"], body["error"]["message"]
+        return line["custom_id"], [c["text"] for c in body["choices"]]
+    if line.get("error"):
+        return line["custom_id"], line["error"]
+    return line["custom_id"], [c["text"] for c in line["choices"]]
+
+
+@pytest.mark.parametrize("form", ["native", "openai"])
+def test_submit_then_results_equal_run_on_the_same_file(
+    form: str,
+    live: Callable[[str], openai.OpenAI],
+    service: Service,
+    tiny_cache: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if form == "native":
+        src = EXAMPLES / "prompts.jsonl"
+    else:
+        src = tmp_path / "openai.jsonl"
+        src.write_text("".join(json.dumps(x) + "\n" for x in _openai_lines()))
+    monkeypatch.setenv("GENQ_MODEL_CACHE", str(tiny_cache))
+    monkeypatch.setenv("GENQ_DEFAULT_MODEL", "tiny-gpt2")
+    monkeypatch.setenv("GENQ_DATABASE_URL", f"sqlite:///{tmp_path / 'run.db'}")
+    monkeypatch.setenv("GENQ_API_URL", str(live("a").base_url).removesuffix("/v1/"))
+    monkeypatch.setenv("GENQ_API_KEY", service.keys["a"])
+    get_settings.cache_clear()
+    runner = CliRunner()
+    ran = runner.invoke(app, ["run", str(src), "-o", str(tmp_path / "run.jsonl"), "--no-progress"])
+    assert ran.exit_code == 0, ran.output
+    service.start_worker()
+    submitted = runner.invoke(app, ["submit", str(src), "--wait"])
+    assert submitted.exit_code == 0, submitted.output
+    job_id = submitted.stdout.strip().splitlines()[0]
+    got = runner.invoke(app, ["results", job_id, "-o", str(tmp_path / "results.jsonl")])
+    assert got.exit_code == 0, got.output
+    get_settings.cache_clear()
+    run_lines = [json.loads(x) for x in (tmp_path / "run.jsonl").read_text().splitlines()]
+    results = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert len(results) == len(run_lines) == len(src.read_text().splitlines())
+    assert [_texts(r) for r in results] == [_texts(r) for r in run_lines]
+    assert [r["idx"] for r in results] == list(range(len(results)))
+    # Every line ran with its own parameters: the example's stop lines never run on past "\n\n".
+    for line, result in zip(src.read_text().splitlines(), results, strict=True):
+        asked = json.loads(line).get("params", {})
+        if result["status"] == "succeeded" and asked:
+            assert result["params"]["max_new_tokens"] == asked["max_new_tokens"]
+            assert result["params"]["do_sample"] == asked.get("do_sample", False)
+            assert all(stop not in result["text"] for stop in asked.get("stop", []))
