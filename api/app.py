@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from api import errors
 from api.context import Context, build_context
 from api.limits import BodyLimit
+from api.openapi import ERROR_RESPONSES
 from api.routes import batches, files, health, jobs, metrics
 from genq.settings import Settings, get_settings
 
@@ -16,7 +17,7 @@ def create_app(context: Context | None = None, *, distributed: bool = False) -> 
     if context is None:
         settings: Settings = get_settings()
         context = build_context(settings, distributed=distributed)
-    app = FastAPI(title="genq", version="0.1.0")
+    app = FastAPI(title="genq", version="0.1.0", responses=ERROR_RESPONSES)
     app.state.context = context
     errors.install(app)
     for module in (health, metrics, jobs, files, batches):

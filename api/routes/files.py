@@ -8,6 +8,7 @@ from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import Response
 
 from api.deps import SessionDep, TenantDep
+from api.openapi import content
 from genq.errors import InvalidRequest
 from genq.intake import jsontext
 from genq.openai_batches import file_public
@@ -39,7 +40,7 @@ def read(file_id: str, session: SessionDep, tenant: TenantDep) -> dict[str, Any]
     return file_public(session, tenant=tenant, file_id=file_id)
 
 
-@router.get("/{file_id}/content")
+@router.get("/{file_id}/content", responses=content("application/octet-stream", "The file's bytes"))
 def content(file_id: str, session: SessionDep, tenant: TenantDep) -> Response:
     data = file_content(session, tenant=tenant, file_id=file_id)
     return Response(data, media_type="application/octet-stream")
