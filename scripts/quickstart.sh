@@ -50,5 +50,9 @@ echo "First results (out/quickstart.results.jsonl):"
 import json
 for line in open("out/quickstart.results.jsonl").readlines()[:4]:
     out = json.loads(line)
-    print(f"{out.get('custom_id')!s:>6}: {json.dumps(out)[:150]}")
+    asked = out["params"] or {}
+    keys = ("max_new_tokens", "do_sample", "temperature", "top_p", "seed", "stop")
+    params = {k: asked[k] for k in keys if asked.get(k) not in (None, [])}
+    print(f"{out['custom_id']:>6} {out['status']} {out['finish_reason']} {json.dumps(params)}")
+    print(f"        {json.dumps(out['text'] or out['error'])[:110]}")
 PY

@@ -35,10 +35,13 @@ BIG_JOB = 400
 
 def write_jobs(path: Path, count: int, *, prefix: str, **params: int) -> Path:
     lines: list[dict[str, Any]] = [
-        {"custom_id": f"{prefix}{i}", "prompt": f"Line {i}: the river ran past the mill"}
+        {
+            "custom_id": f"{prefix}{i}",
+            "prompt": f"Line {i}: the river ran past the mill",
+            "params": params,
+        }
         for i in range(count)
     ]
-    lines[0]["params"] = params  # the client takes the job's params from the first line
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     return path
 
