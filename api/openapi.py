@@ -36,7 +36,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def content(media_type: str, description: str) -> dict[int | str, dict[str, Any]]:
+def non_json(media_type: str, description: str) -> dict[int | str, dict[str, Any]]:
     """A 200 answered in ``media_type`` (besides, or instead of, JSON)."""
     return {
         200: {"content": {media_type: {"schema": {"type": "string"}}}, "description": description}

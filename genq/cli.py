@@ -233,7 +233,7 @@ def submit(
 
     from genq.client import Client
 
-    client = Client()
+    client = Client(get_settings())
     try:
         job = client.submit(input_path, model=model)
         typer.echo(job["id"])
@@ -262,7 +262,7 @@ def status(job_id: str) -> None:
     """Print a job's status, counts, progress and ETA as JSON."""
     from genq.client import Client
 
-    client = Client()
+    client = Client(get_settings())
     try:
         typer.echo(json.dumps(client.status(job_id), indent=2))
     except GenqError as exc:
@@ -278,7 +278,7 @@ def results(
     """Write a job's finished results, in input order, to OUTPUT."""
     from genq.client import Client
 
-    client = Client()
+    client = Client(get_settings())
     try:
         with output.open("wb") as out:
             for chunk in client.results(job_id):
@@ -295,7 +295,7 @@ def cancel(job_id: str) -> None:
     """Cancel a job: queued requests now, running ones once they finish."""
     from genq.client import Client
 
-    client = Client()
+    client = Client(get_settings())
     try:
         typer.echo(client.cancel(job_id)["status"])
     except GenqError as exc:

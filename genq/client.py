@@ -1,8 +1,7 @@
-"""A small HTTP client of the native API, for the CLI (GENQ_API_URL, GENQ_API_KEY)."""
+"""A small HTTP client of the native API, for the CLI (``GENQ_API_URL``, ``GENQ_API_KEY``)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,8 +9,7 @@ from typing import Any
 import httpx
 
 from genq.errors import GenqError
-
-DEFAULT_URL = "http://127.0.0.1:8000"
+from genq.settings import Settings
 
 
 class ApiError(GenqError):
@@ -21,11 +19,11 @@ class ApiError(GenqError):
 
 
 class Client:
-    def __init__(self, url: str | None = None, key: str | None = None, timeout: float = 60) -> None:
-        url = url or os.environ.get("GENQ_API_URL", DEFAULT_URL)
-        key = key or os.environ.get("GENQ_API_KEY", "")
+    def __init__(self, settings: Settings, *, timeout: float = 60) -> None:
         self.http = httpx.Client(
-            base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=timeout
+            base_url=settings.api_url,
+            headers={"Authorization": f"Bearer {settings.api_key}"},
+            timeout=timeout,
         )
 
     def close(self) -> None:

@@ -11,6 +11,9 @@ from platformdirs import user_cache_dir, user_data_dir
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+DEFAULT_API_URL = "http://127.0.0.1:8000"
+"""The API the CLI's client commands talk to (``genq serve``'s default address)."""
+
 DEFAULT_MODEL = "smollm2-135m"
 """The model a job gets when it names none."""
 
@@ -80,6 +83,9 @@ class Settings(BaseSettings):
 
     database_url: str = Field(default_factory=_default_database_url)
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Where the CLI's client commands (submit, status, results, cancel) send their requests.
+    api_url: str = DEFAULT_API_URL
+    api_key: str = ""
     model_cache: Path = Field(default_factory=lambda: Path(user_cache_dir("genq")) / "models")
     # Directories whose model subdirectories jobs may name (``org/name`` or ``name`` under one
     # of them), besides the built-ins, the model cache and the Hugging Face cache; separated

@@ -8,7 +8,7 @@ from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import Response
 
 from api.deps import SessionDep, TenantDep
-from api.openapi import content
+from api.openapi import non_json
 from genq.errors import InvalidRequest
 from genq.intake import jsontext
 from genq.openai_batches import file_public
@@ -40,7 +40,9 @@ def read(file_id: str, session: SessionDep, tenant: TenantDep) -> dict[str, Any]
     return file_public(session, tenant=tenant, file_id=file_id)
 
 
-@router.get("/{file_id}/content", responses=content("application/octet-stream", "The file's bytes"))
+@router.get(
+    "/{file_id}/content", responses=non_json("application/octet-stream", "The file's bytes")
+)
 def content(file_id: str, session: SessionDep, tenant: TenantDep) -> Response:
     data = file_content(session, tenant=tenant, file_id=file_id)
     return Response(data, media_type="application/octet-stream")

@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 
 from api.deps import ContextDep, SessionDep, TenantDep, cached_read
 from api.jsonbody import CheckedJsonRoute
-from api.openapi import content
+from api.openapi import non_json
 from genq import service
 from genq.intake import JobCreate
 from genq.intake.jsontext import INT_LIMIT
@@ -64,7 +64,7 @@ async def read(job_id: str, tenant: TenantDep, context: ContextDep) -> dict[str,
 @router.get(
     "/{job_id}/results",
     response_model=None,
-    responses=content("application/jsonl", "With format=jsonl: every finished result"),
+    responses=non_json("application/jsonl", "With format=jsonl: every finished result"),
 )
 def results(
     job_id: str,

@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from api.context import Context
 from api.deps import ContextDep
 from api.histograms import BatchHistograms, JobLatency
-from api.openapi import content
+from api.openapi import non_json
 from genq.service import LIVE_SECONDS
 from genq.store.tables import Result, utcnow
 from genq.store.views import live_workers, queue_depths, request_counts
@@ -83,7 +83,7 @@ class StoreCollector:
         yield self.jobs.family()
 
 
-@router.get("/metrics", responses=content(CONTENT_TYPE_LATEST, "Prometheus text format"))
+@router.get("/metrics", responses=non_json(CONTENT_TYPE_LATEST, "Prometheus text format"))
 def metrics(request: Request, context: ContextDep) -> Response:
     registry = CollectorRegistry(auto_describe=False)
     collector = StoreCollector(context, *histograms(request.app))

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,14 @@ from tests.api.conftest import Service
 from tests.api.test_openai_client import live
 
 __all__ = ["live"]
+
+
+@pytest.fixture(autouse=True)
+def fresh_settings() -> Iterator[None]:
+    """The CLI reads its settings once per process; each test here sets its own environment."""
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
 
 
 def test_submit_wait_status_results_cancel(
@@ -112,7 +120,6 @@ def test_submit_then_results_equal_run_on_the_same_file(
     monkeypatch.setenv("GENQ_DATABASE_URL", f"sqlite:///{tmp_path / 'run.db'}")
     monkeypatch.setenv("GENQ_API_URL", str(live("a").base_url).removesuffix("/v1/"))
     monkeypatch.setenv("GENQ_API_KEY", service.keys["a"])
-    get_settings.cache_clear()
     runner = CliRunner()
     ran = runner.invoke(app, ["run", str(src), "-o", str(tmp_path / "run.jsonl"), "--no-progress"])
     assert ran.exit_code == 0, ran.output
@@ -122,7 +129,6 @@ def test_submit_then_results_equal_run_on_the_same_file(
     job_id = submitted.stdout.strip().splitlines()[0]
     got = runner.invoke(app, ["results", job_id, "-o", str(tmp_path / "results.jsonl")])
     assert got.exit_code == 0, got.output
-    get_settings.cache_clear()
     run_lines = [json.loads(x) for x in (tmp_path / "run.jsonl").read_text().splitlines()]
     results = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert len(results) == len(run_lines) == len(src.read_text().splitlines())
