@@ -65,7 +65,10 @@ def create_job(
     now = now or utcnow()
     job_id = new_id("job")
     # Most requests use the job's parameters: hash those once, store them once (on the job).
-    keys = {params: params.group_key()}
+    job_key = params.group_key()
+    # Requests resolved against one set of parameters share one object: look each object up
+    # once (by identity; the requests hold them alive) for its key and stored form.
+    seen: dict[int, tuple[str, dict[str, Any] | None, GenerationParams]] = {}
     sets: dict[str, ParamSet] = {}
     rows = []
     refused = 0
@@ -75,12 +78,17 @@ def create_job(
             raise InvalidRequest(
                 f"requests.{idx}.custom_id", f"longer than {MAX_CUSTOM_ID_LENGTH} characters"
             )
-        own = new.params if new.params is not None and new.params != params else None
-        if own is not None and own not in keys:
-            keys[own] = own.group_key()
-        key = keys[params if own is None else own]
+        found = seen.get(id(new.params))
+        if found is None:
+            own = new.params if new.params is not None and new.params != params else None
+            if own is None:
+                found = (job_key, None, params)
+            else:
+                found = (own.group_key(), own.model_dump(mode="json"), own)
+            seen[id(new.params)] = found
+        key, stored, resolved = found
         if new.error is None:
-            sets.setdefault(key, ParamSet(params if own is None else own)).requests += 1
+            sets.setdefault(key, ParamSet(resolved)).requests += 1
         else:
             refused += 1
         # Columns left out (lease, announcement) start NULL.
@@ -94,7 +102,7 @@ def create_job(
                 "group_key": key,
                 "prompt": REFUSED_PROMPT if new.error is not None else new.prompt,
                 "messages": None if new.messages is None else list(new.messages),
-                "params": None if own is None else own.model_dump(mode="json"),
+                "params": stored,
                 "status": RequestStatus.QUEUED if new.error is None else RequestStatus.FAILED,
                 "error": new.error,
                 "attempts": 0,
