@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from api import errors
+from api import errors, outage
 from api.context import Context, build_context
 from api.limits import BodyLimit
 from api.openapi import ERROR_RESPONSES
@@ -20,6 +20,7 @@ def create_app(context: Context | None = None, *, distributed: bool = False) -> 
     app = FastAPI(title="genq", version="0.1.0", responses=ERROR_RESPONSES)
     app.state.context = context
     errors.install(app)
+    outage.install(app)
     for module in (health, metrics, jobs, files, batches):
         app.include_router(module.router)
     app.add_middleware(BodyLimit, max_bytes=context.settings.max_body_bytes)

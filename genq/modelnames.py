@@ -45,10 +45,11 @@ def model_directory(name: str, settings: Settings) -> Path | None:
 
 def local_model(value: str, settings: Settings) -> tuple[str, Settings]:
     """For commands run on the model's own machine (``genq run``, ``genq worker``): a path to a
-    model directory becomes its name, with its parent added to the model roots. Anything else
-    is returned as it is."""
+    model directory becomes its name, with its parent added to the model roots. A name genq
+    knows already (a built-in, one under a model root) stays what it names."""
     path = Path(value).expanduser()
-    if DIRECTORY_NAME.fullmatch(value) or not (path / "config.json").is_file():
+    known = value in BUILTIN_MODELS or model_directory(value, settings) is not None
+    if known or not (path / "config.json").is_file():
         return value, settings
     path = path.resolve()
     roots = (*settings.model_dirs, path.parent)
@@ -56,7 +57,7 @@ def local_model(value: str, settings: Settings) -> tuple[str, Settings]:
 
 
 def _in_hf_cache(name: str) -> bool:
-    if name.count("/") != 1 or not DIRECTORY_NAME.fullmatch(name):
+    if not DIRECTORY_NAME.fullmatch(name):  # "gpt2" or "org/name"
         return False
     from huggingface_hub import constants
 

@@ -6,56 +6,26 @@ by whichever read sees it end first (a conditional update makes that exactly one
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from genq.errors import Conflict, InvalidRequest, NotFound
-from genq.intake import ENDPOINTS, read_file
+from genq.errors import Conflict, NotFound
+from genq.intake import ENDPOINTS
 from genq.outputs import render
 from genq.producer import Publisher, submit_job
-from genq.service import served_model
 from genq.settings import Settings
-from genq.store import JobStatus, NewRequest, RequestStatus, cancel_job, get_job, list_results
-from genq.store.files import create_file, file_content, get_file
+from genq.store import JobStatus, RequestStatus, cancel_job, get_job, list_results
+from genq.store.files import create_file, get_file
 from genq.store.tables import OpenAIBatch, looks_like_id, new_id, utcnow
+from genq.uploads import read_upload, served_model
 
 WINDOWS = {"24h": timedelta(hours=24)}
 BATCH_TAG = "openai_batch"
 OPEN = ("in_progress", "cancelling", "expiring")  # "expiring" reads as "finalizing"
 _ENDED = {JobStatus.COMPLETED: "completed", JobStatus.CANCELLED: "cancelled"}
-
-
-@dataclass(frozen=True)
-class Parsed:
-    requests: list[NewRequest]
-    errors: list[dict[str, Any]]
-    model: str | None
-
-
-def parse_input(content: bytes, *, endpoint: str, settings: Settings) -> Parsed:
-    """Valid lines become requests; each bad one an error naming its line and field."""
-    read = read_file(
-        content, settings=settings, endpoint=endpoint, max_lines=settings.max_job_requests
-    )
-    if not read.lines:
-        raise InvalidRequest("input_file_id", "the file holds no lines")
-    errors = [
-        {
-            "code": "invalid_request",
-            "message": str(line.error),
-            "param": line.error.field or None,
-            "line": line.number,
-            "custom_id": line.custom_id,
-        }
-        for line in read.lines
-        if line.error is not None
-    ]
-    requests = [line.request for line in read.valid if line.request is not None]
-    return Parsed(requests, errors, read.model)
 
 
 def create_batch(
@@ -69,34 +39,27 @@ def create_batch(
     completion_window: str,
     metadata: dict[str, str] | None = None,
 ) -> str:
-    if endpoint not in ENDPOINTS:
-        raise InvalidRequest("endpoint", f"must be one of {', '.join(ENDPOINTS)}")
-    if completion_window not in WINDOWS:
-        raise InvalidRequest("completion_window", f"must be one of {', '.join(WINDOWS)}")
-    with sessions.begin() as session:
-        try:
-            content = file_content(session, tenant=tenant, file_id=input_file_id)
-        except NotFound:
-            raise InvalidRequest("input_file_id", f"no file {input_file_id}") from None
-    parsed = parse_input(content, endpoint=endpoint, settings=settings)
-    model = served_model(sessions, settings, parsed.model or settings.default_model)
+    """A batch of the file's lines: valid ones run as one job, each bad one is listed in the
+    batch's ``errors`` (its line, field and ``custom_id``) and its error file. The batch row
+    and its job are stored in one transaction."""
+    read = read_upload(sessions, settings, tenant=tenant, file_id=input_file_id, endpoint=endpoint)
+    errors = [
+        {
+            "code": "invalid_request",
+            "message": str(line.error),
+            "param": line.error.field or None,
+            "line": line.number,
+            "custom_id": line.custom_id,
+        }
+        for line in read.lines
+        if line.error is not None
+    ]
+    requests = [line.request for line in read.valid if line.request is not None]
+    model = served_model(sessions, settings, read.model or settings.default_model)
     batch_id = new_id("batch")
-    job_id = None
-    if parsed.requests:
-        first = parsed.requests[0].params
-        assert first is not None
-        job_id = submit_job(
-            sessions,
-            publisher,
-            tenant=tenant,
-            model=model,
-            params=first,
-            requests=parsed.requests,
-            metadata={BATCH_TAG: batch_id},
-            settings=settings,
-        )
     now = utcnow()
-    with sessions.begin() as session:
+
+    def insert_row(session: Session, job_id: str | None) -> None:
         session.execute(
             insert(OpenAIBatch).values(
                 id=batch_id,
@@ -107,15 +70,33 @@ def create_batch(
                 completion_window=completion_window,
                 status="in_progress" if job_id else "failed",
                 metadata_=metadata,
-                errors=parsed.errors or None,
+                errors=errors or None,
                 output_file_id=None,
                 error_file_id=None,
-                invalid=len(parsed.errors),
+                invalid=len(errors),
                 created_at=now,
                 expires_at=now + WINDOWS[completion_window],
                 ended_at=None if job_id else now,
             )
         )
+
+    if not requests:
+        with sessions.begin() as session:
+            insert_row(session, None)
+        return batch_id
+    first = requests[0].params
+    assert first is not None
+    submit_job(
+        sessions,
+        publisher,
+        tenant=tenant,
+        model=model,
+        params=first,
+        requests=requests,
+        metadata={BATCH_TAG: batch_id},
+        settings=settings,
+        with_job=insert_row,
+    )
     return batch_id
 
 
@@ -182,7 +163,7 @@ def _write_files(session: Session, row: OpenAIBatch, final: str, *, now: datetim
     while True:
         rows = list_results(session, job_id=row.job_id, after_idx=after, limit=1000)
         for r in rows:
-            custom_id = r.custom_id or f"line-{r.idx + 1}"
+            custom_id = r.custom_id or r.request_id  # every line has one: its own, or line-N
             if r.status == RequestStatus.SUCCEEDED:
                 choices = [vars(c) for c in r.choices]
                 out.append(

@@ -8,12 +8,12 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from genq.intake import Form
+from genq.intake import LineForm
 
 
 def render(
     custom_id: str,
-    form: Form,
+    form: LineForm,
     *,
     model: str,
     choices: Sequence[Mapping[str, Any]] = (),

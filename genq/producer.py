@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -105,11 +105,13 @@ def submit_job(
     requests: Sequence[NewRequest],
     metadata: dict[str, Any] | None = None,
     settings: Settings | None = None,
+    with_job: Callable[[Session, str], None] | None = None,
 ) -> str:
     """Validate and store a job with its requests (one transaction, bulk inserts), then announce
     them. Returns the job id once it is stored, whether or not the queue took the messages.
     With no publisher (the embedded mode, whose worker claims straight from the database) the
-    job is only stored."""
+    job is only stored. ``with_job(session, job_id)`` runs in the job's transaction: what it
+    writes (an OpenAI batch's row) is stored with the job or not at all."""
     check_name("model", model)
     check_name("tenant", tenant)
     with sessions.begin() as session:
@@ -121,6 +123,8 @@ def submit_job(
             requests=requests,
             metadata=metadata,
         )
+        if with_job is not None:
+            with_job(session, job_id)
     log.info(
         "job %s submitted: %d requests for %s",
         job_id,

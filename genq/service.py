@@ -10,19 +10,13 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from genq.errors import InvalidRequest, NotFound
-from genq.intake import JobCreate, job_requests, read_file
-from genq.modelnames import check_model
-from genq.params import GenerationParams, merged, parse_params
-from genq.producer import Publisher, check_name, submit_job
+from genq.errors import InvalidRequest
+from genq.intake import JobCreate, job_requests
+from genq.producer import Publisher, submit_job
 from genq.settings import Settings
 from genq.store import JobInfo, JobStatus, NewRequest, ResultRow, list_results
-from genq.store.files import file_content
 from genq.store.tables import utcnow
-from genq.store.views import live_workers
-
-LIVE_SECONDS = 60.0
-"""A worker heard from this recently counts as live (for /metrics and model names)."""
+from genq.uploads import read_upload, served_model
 
 
 def submit(
@@ -39,7 +33,21 @@ def submit(
     if body.input_file_id is not None:
         if body.requests is not None:
             raise InvalidRequest("input_file_id", "give requests or input_file_id, not both")
-        params, requests, named = _file_requests(sessions, settings, tenant=tenant, body=body)
+        read = read_upload(
+            sessions,
+            settings,
+            tenant=tenant,
+            file_id=body.input_file_id,
+            defaults=body.params,
+            model=body.model,
+        )
+        if not read.valid:
+            raise InvalidRequest("input_file_id", f"no line can run; {read.lines[0].error_text}")
+        requests = [
+            line.request or NewRequest(custom_id=line.custom_id, error=line.error_text)
+            for line in read.lines
+        ]
+        params, named = read.params, read.model
     else:
         params, requests = job_requests(body, settings=settings)
         named = body.model
@@ -54,45 +62,6 @@ def submit(
         metadata=body.metadata,
         settings=settings,
     )
-
-
-def _file_requests(
-    sessions: sessionmaker[Session], settings: Settings, *, tenant: str, body: JobCreate
-) -> tuple[GenerationParams, list[NewRequest], str | None]:
-    assert body.input_file_id is not None
-    with sessions.begin() as session:
-        try:
-            content = file_content(session, tenant=tenant, file_id=body.input_file_id)
-        except NotFound:
-            raise InvalidRequest("input_file_id", f"no file {body.input_file_id!r}") from None
-    read = read_file(
-        content,
-        settings=settings,
-        defaults=body.params,
-        model=body.model,
-        max_lines=settings.max_job_requests,
-    )
-    if not read.valid:
-        first = next(iter(read.lines), None)
-        why = first.error_text if first is not None else "the file holds no lines"
-        raise InvalidRequest("input_file_id", f"no line can run; {why}")
-    requests = [
-        line.request
-        if line.request is not None
-        else NewRequest(custom_id=line.custom_id, error=line.error_text)
-        for line in read.lines
-    ]
-    return parse_params(merged(body.params, None)), requests, read.model
-
-
-def served_model(sessions: sessionmaker[Session], settings: Settings, name: str) -> str:
-    """``name``, if it is a model genq can run here or a live worker serves;
-    :class:`ModelNotFound` otherwise, before anything is stored."""
-    check_name("model", name)
-    with sessions.begin() as session:
-        served = frozenset(live_workers(session, within_seconds=LIVE_SECONDS))
-    check_model(name, settings, served=served)
-    return name
 
 
 _STATUS_RANK = {
@@ -121,7 +90,7 @@ def job_public(job: JobInfo, *, now: datetime | None = None) -> dict[str, Any]:
     now = now or utcnow()
     done = job.succeeded + job.failed + job.cancelled
     elapsed = ((job.finished_at or now) - job.started_at).total_seconds() if job.started_at else 0
-    rate = done / elapsed if elapsed > 0 else 0.0
+    rate = (done - job.refused) / elapsed if elapsed > 0 else 0.0  # refused lines never ran
     running = not job.status.is_terminal
     return {
         "id": job.id,
@@ -136,6 +105,7 @@ def job_public(job: JobInfo, *, now: datetime | None = None) -> dict[str, Any]:
             "succeeded": job.succeeded,
             "failed": job.failed,
             "cancelled": job.cancelled,
+            "refused": job.refused,
         },
         "progress": done / job.total if job.total else 1.0,
         "created_at": job.created_at.isoformat(),

@@ -54,5 +54,6 @@ for line in open("out/quickstart.results.jsonl").readlines()[:4]:
     keys = ("max_new_tokens", "do_sample", "temperature", "top_p", "seed", "stop")
     params = {k: asked[k] for k in keys if asked.get(k) not in (None, [])}
     print(f"{out['custom_id']:>6} {out['status']} {out['finish_reason']} {json.dumps(params)}")
-    print(f"        {json.dumps(out['text'] or out['error'])[:110]}")
+    shown = out["text"] if out["status"] == "succeeded" else out["error"]
+    print(f"        {json.dumps(shown)[:110]}")
 PY

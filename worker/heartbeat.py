@@ -1,7 +1,7 @@
 """Worker heartbeats: each worker records that it is alive every few seconds, for the
 live-workers gauge of /metrics and the models the API accepts. A missed beat is harmless (it is
 logged; the next one may succeed). A worker that leaves cleanly drops its row, so it stops
-counting at once; one that dies ages out after ``genq.service.LIVE_SECONDS``."""
+counting at once; one that dies ages out after ``genq.uploads.LIVE_SECONDS``."""
 
 from __future__ import annotations
 

@@ -9,8 +9,7 @@ from fastapi.responses import Response
 
 from api.deps import SessionDep, TenantDep
 from api.openapi import non_json
-from genq.errors import InvalidRequest
-from genq.intake import jsontext
+from genq.intake import check_upload
 from genq.openai_batches import file_public
 from genq.store.files import create_file, file_content
 
@@ -24,13 +23,8 @@ def upload(
     file: Annotated[UploadFile, File()],
     purpose: Annotated[str, Form()],
 ) -> dict[str, Any]:
-    if purpose != "batch":
-        raise InvalidRequest("purpose", "only 'batch' is supported")
     content = file.file.read()
-    if not content:
-        raise InvalidRequest("file", "the file is empty")
-    filename = file.filename or "input.jsonl"
-    jsontext.check(filename, where="file.filename")
+    filename = check_upload(purpose=purpose, filename=file.filename, content=content)
     info = create_file(session, tenant=tenant, purpose=purpose, filename=filename, content=content)
     return file_public(session, tenant=tenant, file_id=info.id)
 

@@ -19,9 +19,9 @@ from api.context import Context
 from api.deps import ContextDep
 from api.histograms import BatchHistograms, JobLatency
 from api.openapi import non_json
-from genq.service import LIVE_SECONDS
 from genq.store.tables import Result, utcnow
 from genq.store.views import live_workers, queue_depths, request_counts
+from genq.uploads import LIVE_SECONDS
 
 router = APIRouter(tags=["metrics"])
 

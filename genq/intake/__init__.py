@@ -6,24 +6,25 @@ cannot hold gets past it.
 - :mod:`~genq.intake.jsontext`: JSON parsed and every value checked (surrogates, NUL,
   non-finite numbers, 64-bit integers, nesting depth).
 - :mod:`~genq.intake.bodies`: the shapes of request, job and batch bodies.
-- :mod:`~genq.intake.requests`: parameters resolved (a request's over its job's), prompt size,
+- :mod:`~genq.intake.resolve`: parameters resolved (a request's over its job's), prompt size,
   duplicate ``custom_id``\\ s.
 - :mod:`~genq.intake.openai`: OpenAI Batch lines onto genq's parameters.
 - :mod:`~genq.intake.lines`: JSONL files, line by line."""
 
 from genq.intake.bodies import BatchCreate, JobCreate, RequestIn
-from genq.intake.lines import FileInput, Line, read_file
-from genq.intake.openai import ENDPOINTS, Form
-from genq.intake.requests import job_requests
+from genq.intake.lines import FileInput, Line, check_upload, read_file
+from genq.intake.openai import ENDPOINTS, LineForm
+from genq.intake.resolve import job_requests
 
 __all__ = [
     "ENDPOINTS",
     "BatchCreate",
     "FileInput",
-    "Form",
+    "LineForm",
     "JobCreate",
     "Line",
     "RequestIn",
+    "check_upload",
     "job_requests",
     "read_file",
 ]

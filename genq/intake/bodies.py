@@ -1,7 +1,7 @@
 """The shapes clients send: a request (native API body or native file line), a job body, a
 batch body. Unknown fields and wrong types are refused by name; the checks that need settings
 or the whole job (parameters resolved against the job's, prompt size, duplicate ids) come after,
-in :mod:`genq.intake.requests`."""
+in :mod:`genq.intake.resolve`."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from genq.intake.jsontext import field_path
 from genq.params import params_schema
 from genq.store.tables import MAX_CUSTOM_ID_LENGTH, MAX_NAME_LENGTH
 
-Strict = ConfigDict(extra="forbid", strict=True)
+STRICT = ConfigDict(extra="forbid", strict=True)
 
 MAX_METADATA_KEYS = 16
 MAX_METADATA_KEY_CHARS = 64
@@ -43,7 +43,7 @@ Metadata = Annotated[
 
 
 class Message(BaseModel):
-    model_config = Strict
+    model_config = STRICT
 
     role: Role
     content: str = Field(min_length=1)
@@ -53,7 +53,7 @@ class RequestIn(BaseModel):
     """One prompt: ``prompt`` or chat ``messages`` (exactly one), its own ``params`` over the
     job's, field by field."""
 
-    model_config = Strict
+    model_config = STRICT
 
     custom_id: CustomId | None = None
     prompt: str | None = Field(default=None, min_length=1)
@@ -66,7 +66,7 @@ class JobCreate(BaseModel):
     uploaded JSONL file (native or OpenAI Batch lines; a bad line fails alone). ``params`` are
     the defaults of every request; ``model`` defaults to the service's (or the file's)."""
 
-    model_config = Strict
+    model_config = STRICT
 
     model: str | None = Field(default=None, min_length=1, max_length=MAX_NAME_LENGTH)
     params: ParamsIn = None
@@ -76,11 +76,11 @@ class JobCreate(BaseModel):
 
 
 class BatchCreate(BaseModel):
-    model_config = Strict
+    model_config = STRICT
 
     input_file_id: str = Field(min_length=1, max_length=64)
-    endpoint: str = Field(max_length=64)
-    completion_window: str = Field(max_length=16)
+    endpoint: Literal["/v1/completions", "/v1/chat/completions"]
+    completion_window: Literal["24h"]
     metadata: Metadata = None
 
 

@@ -29,21 +29,28 @@ class _Bad(Exception):
         self.path: list[str | int] = []
 
 
-def loads(text: str | bytes, *, where: str = "") -> Any:
-    """Parse ``text`` and check every value in it (see the module docstring); a problem raises
-    :class:`InvalidRequest` whose field is ``where`` joined with the path to the value."""
-    try:
-        # NaN, Infinity and overflowing literals (1e999) parse to non-finite floats: refused
-        # by the walk, which knows where they sit.
-        value = json.loads(text)
-    except RecursionError:
-        raise InvalidRequest(where, f"nested deeper than {MAX_DEPTH} levels") from None
-    except UnicodeDecodeError:
-        raise MalformedInput(where, "not UTF-8 text") from None
-    except ValueError as exc:  # JSONDecodeError, and integers of more than 4300 digits
-        raise MalformedInput(where, f"malformed JSON: {_reason(exc)}") from None
-    check(value, where=where)
+def loads(text: str | bytes) -> Any:
+    """Parse ``text`` (UTF-8, when bytes) and check every value in it (see the module
+    docstring); a problem raises :class:`InvalidRequest` naming the path to the value."""
+    value = parse(text)
+    check(value)
     return value
+
+
+def parse(text: str | bytes) -> Any:
+    """``text`` parsed, not yet checked: :class:`MalformedInput` unless it is UTF-8 JSON."""
+    try:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")  # strictly: JSON between systems is UTF-8 (RFC 8259)
+        # NaN, Infinity and overflowing literals (1e999) parse to non-finite floats, refused by
+        # check(), which knows where they sit.
+        return json.loads(text)
+    except RecursionError:
+        raise InvalidRequest("", f"nested deeper than {MAX_DEPTH} levels") from None
+    except UnicodeDecodeError:
+        raise MalformedInput("", "not UTF-8 text") from None
+    except ValueError as exc:  # JSONDecodeError, and integers of more than 4300 digits
+        raise MalformedInput("", f"malformed JSON: {_reason(exc)}") from None
 
 
 def check(value: Any, *, where: str = "") -> None:

@@ -9,12 +9,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from genq.errors import InvalidRequest
-from genq.intake.bodies import CustomId, Message, Strict, validated
+from genq.intake.bodies import STRICT, CustomId, validated
 from genq.params import MAX_NEW_TOKENS, MAX_RETURN_SEQUENCES, GenerationParams, parse_params
 from genq.store.tables import MAX_NAME_LENGTH
 
-Form = Literal["native", "completions", "chat"]
-ENDPOINTS: dict[str, Form] = {"/v1/completions": "completions", "/v1/chat/completions": "chat"}
+LineForm = Literal["native", "completions", "chat"]
+ENDPOINTS: dict[str, LineForm] = {
+    "/v1/completions": "completions",
+    "/v1/chat/completions": "chat",
+}
 OPENAI_DEFAULT_MAX_TOKENS = 16  # OpenAI's completions default when max_tokens is absent
 UNSUPPORTED = frozenset(
     {
@@ -39,7 +42,7 @@ UNSUPPORTED = frozenset(
 
 
 class OpenAILine(BaseModel):
-    model_config = Strict
+    model_config = STRICT
 
     custom_id: CustomId | None = None
     method: Literal["POST"] = "POST"
@@ -47,15 +50,28 @@ class OpenAILine(BaseModel):
     body: dict[str, Any]
 
 
+class OpenAIMessage(BaseModel):
+    """A chat message as OpenAI takes it; ``developer`` is OpenAI's newer name for ``system``."""
+
+    model_config = STRICT
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str = Field(min_length=1)
+
+    @property
+    def chat_role(self) -> str:
+        return "system" if self.role == "developer" else self.role
+
+
 class OpenAIBody(BaseModel):
     """The fields of both endpoints' bodies genq honours (``user``, ``metadata``, ``store``,
     ``stream_options`` and ``parallel_tool_calls`` are accepted and have no effect)."""
 
-    model_config = Strict
+    model_config = STRICT
 
     model: str | None = Field(default=None, min_length=1, max_length=MAX_NAME_LENGTH)
     prompt: str | None = Field(default=None, min_length=1)
-    messages: list[Message] | None = Field(default=None, min_length=1)
+    messages: list[OpenAIMessage] | None = Field(default=None, min_length=1)
     max_tokens: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS)
     temperature: float | None = Field(default=None, ge=0, le=2)

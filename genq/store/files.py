@@ -31,7 +31,7 @@ def create_file(
     content: bytes,
     now: datetime | None = None,
 ) -> FileInfo:
-    info = FileInfo(new_id("file"), tenant, purpose, filename[:256], len(content), now or utcnow())
+    info = FileInfo(new_id("file"), tenant, purpose, filename, len(content), now or utcnow())
     session.execute(insert(File).values(**vars(info), content=content))
     return info
 

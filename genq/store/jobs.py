@@ -19,7 +19,6 @@ from genq.store.db import Reader, bulk_insert
 from genq.store.records import Choice, JobInfo, NewRequest, ResultRow
 from genq.store.status import JobStatus, RequestStatus, check_transition, sources
 from genq.store.tables import (
-    MAX_CUSTOM_ID_LENGTH,
     MAX_IDX,
     REFUSED_PROMPT,
     Job,
@@ -74,10 +73,6 @@ def create_job(
     refused = 0
     ids = new_ids("req", len(requests))
     for idx, new in enumerate(requests):
-        if new.custom_id is not None and len(new.custom_id) > MAX_CUSTOM_ID_LENGTH:
-            raise InvalidRequest(
-                f"requests.{idx}.custom_id", f"longer than {MAX_CUSTOM_ID_LENGTH} characters"
-            )
         found = seen.get(id(new.params))
         if found is None:
             own = new.params if new.params is not None and new.params != params else None
@@ -127,6 +122,7 @@ def create_job(
                 "succeeded": 0,
                 "failed": refused,
                 "cancelled": 0,
+                "refused": refused,
                 **dict.fromkeys(("prompt_tokens", "completion_tokens"), 0),
                 "created_at": now,
                 "started_at": None,

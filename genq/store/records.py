@@ -45,6 +45,7 @@ class JobInfo:
     succeeded: int
     failed: int
     cancelled: int
+    refused: int  # of the failed: input lines refused at intake, which never ran
     prompt_tokens: int
     completion_tokens: int
     created_at: datetime

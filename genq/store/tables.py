@@ -132,6 +132,8 @@ class Job(Base):
     succeeded: Mapped[int] = mapped_column(Integer)
     failed: Mapped[int] = mapped_column(Integer)
     cancelled: Mapped[int] = mapped_column(Integer)
+    # Of the failed, the input lines refused at intake: they never ran.
+    refused: Mapped[int] = mapped_column(Integer, server_default="0")
     prompt_tokens: Mapped[int] = mapped_column(Integer)
     completion_tokens: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -1,4 +1,5 @@
-"""The parameter sets of a job: shared parameters and request counts, recorded at creation.
+"""What a job records at creation: its parameter sets (shared parameters, request counts) and
+how many of its requests were input lines refused at intake (failed from the start).
 
 Revision ID: 0005
 Revises: 0004
@@ -20,7 +21,10 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     op.add_column("jobs", sa.Column("param_sets", sa.JSON(none_as_null=True), nullable=True))
+    op.add_column("jobs", sa.Column("refused", sa.Integer(), nullable=False, server_default="0"))
 
 
 def downgrade() -> None:
-    op.drop_column("jobs", "param_sets")
+    with op.batch_alter_table("jobs") as batch:  # SQLite drops columns by rebuilding the table
+        batch.drop_column("refused")
+        batch.drop_column("param_sets")

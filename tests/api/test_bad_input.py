@@ -120,9 +120,10 @@ TEXT: list[Case] = [
     (
         "raw utf-8 surrogate",
         b'{"requests": [{"prompt": "\xed\xa0\xbd"}]}',
-        422,
-        "requests.0.prompt",
+        400,
+        "body: not UTF-8",
     ),
+    ("utf-16", json.dumps(job()).encode("utf-16"), 400, "body: not UTF-8"),
     ("NUL in prompt", one(prompt="a\x00b"), 422, "requests.1.prompt: must not contain NUL"),
     ("NUL in custom_id", one(prompt="a", custom_id="\x00"), 422, "requests.1.custom_id"),
     ("NUL in a message", one(messages=[{"role": "user", "content": "\x00"}]), 422, "messages.0"),
@@ -460,7 +461,13 @@ def test_a_file_job_fails_each_bad_line_alone_and_runs_the_rest(
     answer = post(service, {"input_file_id": file_id, "params": {"max_new_tokens": 3}})
     assert answer.status_code == 202, answer.text
     job = answer.json()
-    assert job["counts"] == {"total": 12, "succeeded": 0, "failed": 10, "cancelled": 0}
+    assert job["counts"] == {
+        "total": 12,
+        "succeeded": 0,
+        "failed": 10,
+        "cancelled": 0,
+        "refused": 10,
+    }
     service.start_worker()
     from tests.api.support import wait_job
 
@@ -528,4 +535,26 @@ def test_a_batch_lists_each_bad_line_and_runs_the_rest(
         (7, "body.max_tokens"),
     }
     assert batch["request_counts"] == {"total": 7, "completed": 0, "failed": 6}
+    assert _counts(capped) == (1, 1)
+
+
+def test_a_batch_line_naming_an_unknown_model_fails_alone(capped: Service) -> None:
+    def line(cid: str, model: str) -> dict[str, Any]:
+        body = {"model": model, "prompt": "x", "max_tokens": 2}
+        return {"custom_id": cid, "url": "/v1/completions", "body": body}
+
+    lines = [line("a", "gpt-4o-mini"), line("b", "tiny-gpt2"), line("c", "..")]
+    file_id = _upload(capped, "".join(json.dumps(x) + "\n" for x in lines).encode())
+    answer = post(
+        capped,
+        {"input_file_id": file_id, "endpoint": "/v1/completions", "completion_window": "24h"},
+        path="/v1/batches",
+    )
+    assert answer.status_code == 200, answer.text
+    first, third = answer.json()["errors"]["data"]
+    assert (first["line"], first["param"]) == (1, "body.model")
+    assert first["message"].startswith("body.model: unknown model 'gpt-4o-mini'")
+    # The job runs the first model a line names that exists; another is a line's error.
+    assert (third["line"], third["param"]) == (3, "body.model")
+    assert third["message"] == "body.model: one model per job: this one runs tiny-gpt2"
     assert _counts(capped) == (1, 1)

@@ -21,7 +21,7 @@ def test_submit_run_read_results(service: Service) -> None:
     assert answer.status_code == 202, answer.text
     job = answer.json()
     assert job["status"] == "queued"
-    assert job["counts"] == {"total": 5, "succeeded": 0, "failed": 0, "cancelled": 0}
+    assert job["counts"] == {"total": 5, "succeeded": 0, "failed": 0, "cancelled": 0, "refused": 0}
     assert job["model"] == "tiny-gpt2"
     assert job["metadata"] == {"purpose": "test"}
     service.start_worker()

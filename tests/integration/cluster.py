@@ -21,7 +21,6 @@ from sqlalchemy import func, select
 
 from genq.params import GenerationParams
 from genq.producer import CeleryPublisher, submit_job
-from genq.service import LIVE_SECONDS
 from genq.settings import Settings
 from genq.store import (
     BatchRecord,
@@ -36,6 +35,7 @@ from genq.store import (
 from genq.store.db import make_engine
 from genq.store.tables import Request, Result, WorkerHeartbeat, utcnow
 from genq.store.views import live_workers
+from genq.uploads import LIVE_SECONDS
 from worker.celery_app import make_celery
 
 MODEL = "tiny-gpt2"

@@ -219,6 +219,15 @@ def test_a_command_line_path_becomes_a_name_under_its_parent(
     assert local_model("tiny-gpt2", settings) == ("tiny-gpt2", settings)
 
 
+def test_a_relative_path_on_the_command_line_works_too(
+    tiny_cache: Path, tmp_path: Path, make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mine = copy_model(tiny_cache / "tiny-gpt2", tmp_path / "here" / "mine")
+    monkeypatch.chdir(tmp_path / "here")
+    name, settings = local_model("mine", make_settings())
+    assert name == "mine" and resolve_model_path(name, settings) == mine.resolve()
+
+
 def test_directory_without_a_model_is_not_a_model(
     tmp_path: Path, make_settings: MakeSettings
 ) -> None:

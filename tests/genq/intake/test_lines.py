@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from genq.errors import InvalidRequest
+from genq.errors import InvalidRequest, ModelNotFound
 from genq.intake import read_file
 from genq.params import GenerationParams
 from genq.settings import Settings
@@ -162,3 +162,53 @@ def test_a_batch_endpoint_fails_lines_of_the_other() -> None:
 def test_more_lines_than_a_job_takes_is_refused_whole() -> None:
     with pytest.raises(InvalidRequest, match="at most 2 lines"):
         read_file(jsonl(*([{"prompt": "x"}] * 3)), settings=SETTINGS, max_lines=2)
+
+
+def test_a_line_refused_for_what_it_holds_keeps_its_own_custom_id() -> None:
+    read = read_file(
+        jsonl('{"custom_id": "mine", "prompt": "a\\u0000"}', '{"custom_id": "x\\u0000"}'),
+        settings=SETTINGS,
+    )
+    assert [(line.custom_id, line.error is not None) for line in read.lines] == [
+        ("mine", True),
+        ("line-2", True),  # an id that cannot be stored is not the line's name
+    ]
+
+
+def test_only_ids_the_lines_give_must_be_unique() -> None:
+    read = read_file(
+        jsonl({"custom_id": "line-2", "prompt": "a"}, {"prompt": "b"}), settings=SETTINGS
+    )
+    assert [line.error for line in read.lines] == [None, None]
+
+
+def test_native_lines_are_not_a_batchs_lines() -> None:
+    read = read_file(jsonl({"prompt": "a"}), settings=SETTINGS, endpoint="/v1/completions")
+    error = read.lines[0].error
+    assert error is not None and error.field == "url"
+
+
+def test_an_unknown_model_fails_its_line_and_the_next_known_one_is_the_jobs() -> None:
+    def known(name: str) -> None:
+        if name != "tiny-gpt2":
+            raise ModelNotFound(f"model: unknown model {name!r}")
+
+    read = read_file(
+        jsonl(chat("a", model="gpt-4o"), chat("b", model="tiny-gpt2"), chat("c")),
+        settings=SETTINGS,
+        check_model=known,
+    )
+    assert read.model == "tiny-gpt2"
+    error = read.lines[0].error
+    assert error is not None and (error.field, error.message) == (
+        "body.model",
+        "unknown model 'gpt-4o'",
+    )
+    assert [line.error is None for line in read.lines] == [False, True, True]
+
+
+def test_openais_developer_role_is_a_system_message() -> None:
+    line = chat("a", messages=[{"role": "developer", "content": "be brief"}])
+    read = read_file(jsonl(line), settings=SETTINGS)
+    request = read.lines[0].request
+    assert request is not None and request.messages == ({"role": "system", "content": "be brief"},)

@@ -85,21 +85,39 @@ def test_ids_are_random_and_unique(store: Database) -> None:
     assert len({i[4:8] for i in ids}) > 150
 
 
-@pytest.mark.parametrize(
-    ("requests", "field"),
-    [
-        ([], "requests"),
-        ([NewRequest(custom_id="x" * 257, prompt="p")], "requests.0.custom_id"),
-    ],
-)
-def test_create_job_refuses_bad_input(
-    store: Database, requests: list[NewRequest], field: str
-) -> None:
+def test_a_job_needs_a_request(store: Database) -> None:
     with pytest.raises(InvalidRequest) as info, store.sessions.begin() as session:
-        create_job(
+        create_job(session, tenant=TENANT, model=MODEL, params=GenerationParams(), requests=[])
+    assert info.value.field == "requests"
+
+
+def test_lines_refused_at_intake_are_failed_from_the_start(store: Database) -> None:
+    requests = [
+        NewRequest(custom_id="ok", prompt="p"),
+        NewRequest(custom_id="bad", error="line 2: prompt: must not be empty"),
+    ]
+    with store.sessions.begin() as session:
+        job_id = create_job(
             session, tenant=TENANT, model=MODEL, params=GenerationParams(), requests=requests
         )
-    assert info.value.field == field
+        job = get_job(session, tenant=TENANT, job_id=job_id)
+        rows = list_results(session, job_id=job_id)
+    assert (job.status, job.total, job.failed, job.refused) == (JobStatus.QUEUED, 2, 1, 1)
+    assert job.param_sets == [
+        {
+            "key": GenerationParams().group_key(),
+            "params": job.param_sets[0]["params"],
+            "requests": 1,
+        }
+    ]
+    assert [(r.custom_id, r.status, r.error, r.refused) for r in rows] == [
+        ("bad", RequestStatus.FAILED, "line 2: prompt: must not be empty", True)
+    ]
+    with store.sessions.begin() as session:  # a job of refused lines only ends as it is made
+        only = create_job(
+            session, tenant=TENANT, model=MODEL, params=GenerationParams(), requests=requests[1:]
+        )
+        assert get_job(session, tenant=TENANT, job_id=only).status is JobStatus.COMPLETED
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from typing import Any
 
 from genq.errors import InvalidRequest
 from genq.intake.bodies import JobCreate, Message, RequestIn
-from genq.intake.openai import OpenAIBody
+from genq.intake.openai import OpenAIBody, OpenAIMessage
 from genq.params import GenerationParams, merged, parse_params
 from genq.settings import Settings
 from genq.store import NewRequest
@@ -19,16 +19,14 @@ class ParamsResolver:
     """Each request's parameters: its own over the job's (``defaults``), validated once per
     distinct set of its own, so a 50,000-request job with one override costs two checks."""
 
-    def __init__(self, defaults: Mapping[str, Any] | None, *, where: str = "params") -> None:
+    def __init__(self, defaults: Mapping[str, Any] | None) -> None:
         self.defaults = dict(defaults or {})
-        self.job = parse_params(merged(self.defaults, None), field=where)
+        self.job = parse_params(merged(self.defaults, None))
         self._seen: dict[str, GenerationParams] = {}
 
     def resolve(self, own: Mapping[str, Any] | None, *, where: str) -> GenerationParams:
         if not own:
             return self.job
-        if not isinstance(own, dict):
-            raise InvalidRequest(where, "must be an object")
         key = json.dumps(own, sort_keys=True)
         params = self._seen.get(key)
         if params is None:
@@ -59,12 +57,14 @@ def new_request(
 def messages_of(request: RequestIn | OpenAIBody) -> tuple[dict[str, Any], ...] | None:
     if request.messages is None:
         return None
+    if isinstance(request, OpenAIBody):
+        return tuple({"role": m.chat_role, "content": m.content} for m in request.messages)
     return tuple({"role": m.role, "content": m.content} for m in request.messages)
 
 
 def check_size(
     prompt: str | None,
-    messages: Sequence[Message] | None,
+    messages: Sequence[Message | OpenAIMessage] | None,
     *,
     settings: Settings,
     where: str = "",

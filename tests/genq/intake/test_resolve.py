@@ -8,7 +8,7 @@ import pytest
 
 from genq.errors import InvalidRequest
 from genq.intake import JobCreate, job_requests
-from genq.intake.requests import ParamsResolver
+from genq.intake.resolve import ParamsResolver
 from genq.params import GenerationParams
 from genq.settings import Settings
 

@@ -1,0 +1,62 @@
+"""What a submission needs from the store before anything is written: an uploaded file's lines
+(read by the intake) and the models this service can run (built-ins, model roots, the Hugging
+Face cache, and whatever live workers serve)."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from genq.errors import InvalidRequest, NotFound
+from genq.intake import FileInput, read_file
+from genq.modelnames import check_model
+from genq.producer import check_name
+from genq.settings import Settings
+from genq.store.files import file_content
+from genq.store.views import live_workers
+
+LIVE_SECONDS = 60.0
+"""A worker heard from this recently counts as live (for /metrics and model names)."""
+
+
+def served_models(sessions: sessionmaker[Session]) -> frozenset[str]:
+    with sessions.begin() as session:
+        return frozenset(live_workers(session, within_seconds=LIVE_SECONDS))
+
+
+def served_model(sessions: sessionmaker[Session], settings: Settings, name: str) -> str:
+    """``name``, if it is a model genq can run here or a live worker serves;
+    :class:`ModelNotFound` otherwise, before anything is stored."""
+    check_name("model", name)
+    check_model(name, settings, served=served_models(sessions))
+    return name
+
+
+def read_upload(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    *,
+    tenant: str,
+    file_id: str,
+    **options: Any,
+) -> FileInput:
+    """The lines of the tenant's uploaded file ``file_id`` (see :func:`read_file`, which takes
+    ``options``); a model a line names is checked as a job's would be."""
+    with sessions.begin() as session:
+        try:
+            content = file_content(session, tenant=tenant, file_id=file_id)
+        except NotFound:
+            raise InvalidRequest("input_file_id", f"no file {file_id!r}") from None
+    known = partial(check_model, settings=settings, served=served_models(sessions))
+    read = read_file(
+        content,
+        settings=settings,
+        check_model=known,
+        max_lines=settings.max_job_requests,
+        **options,
+    )
+    if not read.lines:
+        raise InvalidRequest("input_file_id", "the file holds no lines")
+    return read
