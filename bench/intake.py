@@ -44,18 +44,20 @@ def body(count: int, *, own: bool) -> bytes:
 
 
 def submit_seconds(content: bytes) -> float:
-    root = Path(tempfile.mkdtemp(prefix="genq-intake-"))
-    url = f"sqlite:///{root / 'genq.db'}"
-    upgrade(url)
-    settings = Settings(database_url=url, default_model="tiny-gpt2")
-    context = Context(settings, session_factory(make_engine(url)), None)
-    with context.sessions.begin() as session:
-        key = create_key(session, tenant="bench")
-    headers = {"Authorization": f"Bearer {key}", "content-type": "application/json"}
-    with TestClient(create_app(context)) as client:
-        started = time.perf_counter()
-        answer = client.post("/v1/jobs", content=content, headers=headers)
-        elapsed = time.perf_counter() - started
+    with tempfile.TemporaryDirectory(prefix="genq-intake-") as root:
+        url = f"sqlite:///{Path(root) / 'genq.db'}"
+        upgrade(url)
+        settings = Settings(database_url=url, default_model="tiny-gpt2")
+        engine = make_engine(url)
+        context = Context(settings, session_factory(engine), None)
+        with context.sessions.begin() as session:
+            key = create_key(session, tenant="bench")
+        headers = {"Authorization": f"Bearer {key}", "content-type": "application/json"}
+        with TestClient(create_app(context)) as client:
+            started = time.perf_counter()
+            answer = client.post("/v1/jobs", content=content, headers=headers)
+            elapsed = time.perf_counter() - started
+        engine.dispose()
     assert answer.status_code == 202, answer.text
     return elapsed
 
