@@ -20,7 +20,7 @@ from genq.settings import Settings
 from genq.store import JobStatus, RequestStatus, cancel_job, get_job, list_results
 from genq.store.files import create_file, get_file
 from genq.store.tables import OpenAIBatch, looks_like_id, new_id, utcnow
-from genq.uploads import read_upload, served_model
+from genq.uploads import read_upload, served_model, served_models
 
 WINDOWS = {"24h": timedelta(hours=24)}
 BATCH_TAG = "openai_batch"
@@ -42,7 +42,10 @@ def create_batch(
     """A batch of the file's lines: valid ones run as one job, each bad one is listed in the
     batch's ``errors`` (its line, field and ``custom_id``) and its error file. The batch row
     and its job are stored in one transaction."""
-    read = read_upload(sessions, settings, tenant=tenant, file_id=input_file_id, endpoint=endpoint)
+    served = served_models(sessions)
+    read = read_upload(
+        sessions, settings, tenant=tenant, file_id=input_file_id, served=served, endpoint=endpoint
+    )
     errors = [
         {
             "code": "invalid_request",
@@ -55,7 +58,7 @@ def create_batch(
         if line.error is not None
     ]
     requests = [line.request for line in read.valid if line.request is not None]
-    model = served_model(sessions, settings, read.model or settings.default_model)
+    model = served_model(read.model or settings.default_model, settings, served=served)
     batch_id = new_id("batch")
     now = utcnow()
 

@@ -16,7 +16,7 @@ from genq.producer import Publisher, submit_job
 from genq.settings import Settings
 from genq.store import JobInfo, JobStatus, NewRequest, ResultRow, list_results
 from genq.store.tables import utcnow
-from genq.uploads import read_upload, served_model
+from genq.uploads import read_upload, served_model, served_models
 
 
 def submit(
@@ -30,6 +30,7 @@ def submit(
     """Check a native job and store it; returns its id. A body that lists its requests is
     stored whole or not at all; a job of an uploaded file (``input_file_id``) keeps one request
     per non-blank line, a line that cannot be read failing alone with its error."""
+    served = served_models(sessions)
     if body.input_file_id is not None:
         if body.requests is not None:
             raise InvalidRequest("input_file_id", "give requests or input_file_id, not both")
@@ -38,6 +39,7 @@ def submit(
             settings,
             tenant=tenant,
             file_id=body.input_file_id,
+            served=served,
             defaults=body.params,
             model=body.model,
         )
@@ -51,7 +53,7 @@ def submit(
     else:
         params, requests = job_requests(body, settings=settings)
         named = body.model
-    model = served_model(sessions, settings, named or settings.default_model)
+    model = served_model(named or settings.default_model, settings, served=served)
     return submit_job(
         sessions,
         publisher,

@@ -26,11 +26,11 @@ def served_models(sessions: sessionmaker[Session]) -> frozenset[str]:
         return frozenset(live_workers(session, within_seconds=LIVE_SECONDS))
 
 
-def served_model(sessions: sessionmaker[Session], settings: Settings, name: str) -> str:
-    """``name``, if it is a model genq can run here or a live worker serves;
-    :class:`ModelNotFound` otherwise, before anything is stored."""
+def served_model(name: str, settings: Settings, *, served: frozenset[str]) -> str:
+    """``name``, if it is a model genq can run here or one of the ``served`` (by live
+    workers); :class:`ModelNotFound` otherwise, before anything is stored."""
     check_name("model", name)
-    check_model(name, settings, served=served_models(sessions))
+    check_model(name, settings, served=served)
     return name
 
 
@@ -40,16 +40,17 @@ def read_upload(
     *,
     tenant: str,
     file_id: str,
+    served: frozenset[str],
     **options: Any,
 ) -> FileInput:
     """The lines of the tenant's uploaded file ``file_id`` (see :func:`read_file`, which takes
-    ``options``); a model a line names is checked as a job's would be."""
+    ``options``); a model a line names is checked as a job's would be, ``served`` included."""
     with sessions.begin() as session:
         try:
             content = file_content(session, tenant=tenant, file_id=file_id)
         except NotFound:
             raise InvalidRequest("input_file_id", f"no file {file_id!r}") from None
-    known = partial(check_model, settings=settings, served=served_models(sessions))
+    known = partial(check_model, settings=settings, served=served)
     read = read_file(
         content,
         settings=settings,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, cast
+from typing import Any
 
 from genq.errors import GenqError, InvalidRequest
 from genq.intake import jsontext
@@ -111,7 +111,8 @@ def read_file(
 
 
 def _read_line(raw: bytes, number: int, resolver: ParamsResolver, *, settings: Settings) -> Line:
-    custom_id, named, form = f"line-{number}", False, cast(LineForm, "native")
+    custom_id, named = f"line-{number}", False
+    form: LineForm = "native"
     try:
         value = jsontext.parse(raw)
         if not isinstance(value, dict):
@@ -151,17 +152,9 @@ def _check_model(
         try:
             check_model(line.model)
         except GenqError as exc:
-            return replace(
-                _failed(line, "body.model", str(exc).removeprefix("model: ")), model=None
-            )
+            return _failed(line, "body.model", str(exc).removeprefix("model: "))
     return line
 
 
 def _failed(line: Line, field: str, message: str) -> Line:
-    return Line(
-        line.number,
-        line.custom_id,
-        line.form,
-        error=InvalidRequest(field, message),
-        named=line.named,
-    )
+    return replace(line, request=None, error=InvalidRequest(field, message), model=None)

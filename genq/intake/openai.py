@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from genq.errors import InvalidRequest
 from genq.intake.bodies import STRICT, CustomId, validated
@@ -51,16 +51,18 @@ class OpenAILine(BaseModel):
 
 
 class OpenAIMessage(BaseModel):
-    """A chat message as OpenAI takes it; ``developer`` is OpenAI's newer name for ``system``."""
+    """A chat message as OpenAI takes it; ``developer``, OpenAI's newer name for ``system``,
+    reads as ``system``."""
 
     model_config = STRICT
 
     role: Literal["system", "developer", "user", "assistant"]
     content: str = Field(min_length=1)
 
-    @property
-    def chat_role(self) -> str:
-        return "system" if self.role == "developer" else self.role
+    @field_validator("role")
+    @classmethod
+    def _system(cls, role: str) -> str:
+        return "system" if role == "developer" else role
 
 
 class OpenAIBody(BaseModel):

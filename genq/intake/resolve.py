@@ -57,8 +57,6 @@ def new_request(
 def messages_of(request: RequestIn | OpenAIBody) -> tuple[dict[str, Any], ...] | None:
     if request.messages is None:
         return None
-    if isinstance(request, OpenAIBody):
-        return tuple({"role": m.chat_role, "content": m.content} for m in request.messages)
     return tuple({"role": m.role, "content": m.content} for m in request.messages)
 
 

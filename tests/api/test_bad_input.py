@@ -392,7 +392,7 @@ def test_the_largest_cursor_reads_an_empty_page(capped: Service) -> None:
         "/v1/batches?after=%F0%9F%98%80",
     ],
 )
-def test_ids_that_no_id_can_be_are_404_without_a_query(capped: Service, path: str) -> None:
+def test_ids_that_no_id_can_be_answer_404(capped: Service, path: str) -> None:
     answer = capped.client.get(path, headers=capped.as_("a"))
     assert answer.status_code == 404, answer.text
 
