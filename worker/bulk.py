@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from tqdm import tqdm
 
 from genq.errors import Conflict
 from genq.intake import FileInput, Line, read_file
+from genq.modelnames import check_model
 from genq.outputs import render
 from genq.settings import Settings, get_settings
 from genq.store import (
@@ -104,10 +106,12 @@ class RunInput:
 
 
 def read_input(path: Path, *, model: str | None, settings: Settings) -> RunInput:
-    """``path``'s lines; the model is ``model``, else the one the lines name (OpenAI lines'
-    ``body.model``), else the default. A line naming another model fails alone."""
+    """``path``'s lines; the model is ``model``, else the first the lines name (OpenAI lines'
+    ``body.model``) that this machine has, else the default. A line naming an unknown model, or
+    another than the run's, fails alone."""
     raw = path.read_bytes()
-    read = read_file(raw, settings=settings, model=model)
+    known = partial(check_model, settings=settings)
+    read = read_file(raw, settings=settings, model=model, check_model=known)
     return RunInput(raw, read, read.model or settings.default_model)
 
 

@@ -147,6 +147,16 @@ def test_openai_lines(
             "body": {"prompt": "x", "max_tokens": "5"},
         },
     ]
+    # A first line naming a model this machine lacks fails alone; the run takes the next.
+    lines.insert(
+        0,
+        {
+            "custom_id": "z",
+            "method": "POST",
+            "url": "/v1/completions",
+            "body": {"model": "gpt-4o-mini", "prompt": "x"},
+        },
+    )
     out = tmp_path / "out.jsonl"
     # No --model: the run takes the model the lines name.
     run_path(
@@ -156,7 +166,9 @@ def test_openai_lines(
         model=None,
         settings=settings,
     )
-    a, b, c, d, e, f, g = read_lines(out)
+    z, a, b, c, d, e, f, g = read_lines(out)
+    assert z["response"]["body"]["error"]["param"] == "body.model"
+    assert "unknown model 'gpt-4o-mini'" in z["response"]["body"]["error"]["message"]
     assert a["custom_id"] == "a" and a["error"] is None
     assert a["response"]["status_code"] == 200
     body = a["response"]["body"]
