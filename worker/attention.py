@@ -1,13 +1,17 @@
-"""Decode attention that reads each row's cache from about where its prompt starts.
+"""Attention over the slot cache: each group of rows reads only its own columns.
 
-A padded batch holds every row's cache at the width of its longest prompt, and plain SDPA reads
-all of it at every decode step, the left padding of short rows included; with many rows that
-read costs as much as the step's arithmetic. Here the rows are cut into spans of neighbours
-whose prompts start at about the same column, and each span attends over the columns from its
-own first real one. The masked columns it skips add nothing to the result.
+A decode batch keeps every row in a slot of one cache (``worker.kvslots``), right-aligned at a
+shared column, so a short row's slot holds columns it never uses. Plain SDPA over the batch
+would read all of them at every step. Here the engine names, for each forward, the spans of
+query rows with the slots and columns they read (``planned``); rows of a span are neighbours
+whose tokens start at about the same column, and a mask is needed only where they differ.
+Columns left out add nothing to the result.
 
-The engine names the spans for the ``generate`` calls it makes (``row_spans``); any other
-attention call (prefill, or a model used elsewhere) is plain SDPA.
+Rows that start with a shared prefix read its keys and values from one copy, for all of them
+at once (``_after_prefix``), then their own columns; one softmax covers both.
+
+Any attention call outside ``planned`` (a model used elsewhere, a shared prefix prefilled on
+its own) is plain SDPA.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -24,62 +29,116 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 NAME = "genq_sdpa"
 
-SPAN_OVERHEAD = 256
+SPAN_OVERHEAD = 4096
 """Cost of one more attention call per layer, in cached positions read."""
 
-Span = tuple[int, int, int]  # rows [start, end) attend over the columns from the third onwards
+PLANNED = torch.ones(1, 1, 1, 1, dtype=torch.bool)
+"""The attention mask a planned forward passes: 4D, so transformers uses it as it is (and
+builds none); the spans carry the real masks."""
 
-_spans: ContextVar[tuple[Span, ...] | None] = ContextVar("genq_row_spans", default=None)
+
+@dataclass(frozen=True)
+class Span:
+    rows: slice  # query rows of the forward (decode: one per batch row)
+    slots: slice | torch.Tensor  # their slots in the cache, in the same order
+    columns: slice | torch.Tensor  # the key columns they read
+    mask: torch.Tensor | None  # (rows, 1, queries, columns): True where a row may attend
+    # decode: a shared prefix's keys and values per layer, (kv_heads, length, head_dim), that
+    # every row of the span attends to ahead of its own columns
+    prefix: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None
+    queries: slice = field(default_factory=lambda: slice(None))  # packed prefill: its queries
 
 
-def spanned_sdpa(
+_plan: ContextVar[tuple[Span, ...] | None] = ContextVar("genq_attention_plan", default=None)
+
+
+def slot_sdpa(
     module: torch.nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
+    query: torch.Tensor,  # (rows, heads, queries, head_dim)
+    key: torch.Tensor,  # (slots, kv_heads, columns, head_dim): the whole cache
     value: torch.Tensor,
     attention_mask: torch.Tensor | None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
-    spans = _spans.get()
-    if spans is None or query.shape[2] != 1 or key.shape[0] != spans[-1][1] or len(spans) == 1:
+    plan = _plan.get()
+    if plan is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     outputs = []
-    for start, end, column in spans:
-        mask = None if attention_mask is None else attention_mask[start:end, ..., column:]
-        out, _ = sdpa_attention_forward(
-            module,
-            query[start:end],
-            key[start:end, :, column:],
-            value[start:end, :, column:],
-            mask,
-            **kwargs,
-        )
+    for span in plan:
+        k, v = key[span.slots], value[span.slots]
+        if isinstance(span.columns, slice):
+            k, v = k[:, :, span.columns], v[:, :, span.columns]
+        else:  # a shared prefix and then the span's own tokens: gather just those
+            k, v = k.index_select(2, span.columns), v.index_select(2, span.columns)
+        q = query[span.rows, :, span.queries]
+        if span.prefix is None:
+            out, _ = sdpa_attention_forward(module, q, k, v, span.mask, **kwargs)
+        else:
+            pk, pv = span.prefix[module.layer_idx]  # type: ignore[index]
+            scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
+            out = _after_prefix(q, k, v, span.mask, pk, pv, scaling)
         outputs.append(out)
-    return torch.cat(outputs), None
+    if len(outputs) == 1:
+        return outputs[0], None
+    # outputs are (rows, queries, heads, head_dim): decode spans split rows, prefill queries
+    return torch.cat(outputs, dim=0 if query.shape[2] == 1 else 1), None
+
+
+def _after_prefix(
+    query: torch.Tensor,  # (rows, heads, 1, head_dim)
+    key: torch.Tensor,  # (rows, kv_heads, columns, head_dim): each row's own columns
+    value: torch.Tensor,
+    mask: torch.Tensor | None,  # (rows, 1, 1, columns)
+    prefix_key: torch.Tensor,  # (kv_heads, length, head_dim): shared by every row
+    prefix_value: torch.Tensor,
+    scaling: float,
+) -> torch.Tensor:
+    """One decode step's attention over a shared prefix and then each row's own columns. The
+    prefix is one matrix product for all rows (read once, not once per row)."""
+    rows, heads, _, dim = query.shape
+    kv_heads, length, _ = prefix_key.shape
+    groups = heads // kv_heads
+    q = query.reshape(rows, kv_heads, groups, dim)
+    # (kv_heads, rows x groups, dim) @ (kv_heads, dim, length): the prefix scores
+    shared = torch.matmul(q.transpose(0, 1).reshape(kv_heads, rows * groups, dim), prefix_key.mT)
+    shared = shared.reshape(kv_heads, rows, groups, length).transpose(0, 1)
+    own = torch.matmul(q, key.mT)  # (rows, kv_heads, groups, columns)
+    if mask is not None:
+        own = own.masked_fill(~mask.reshape(rows, 1, 1, -1), float("-inf"))
+    weights = torch.softmax(torch.cat([shared, own], dim=-1) * scaling, dim=-1)
+    prefix_weights = weights[..., :length].transpose(0, 1).reshape(kv_heads, rows * groups, length)
+    out = torch.matmul(prefix_weights, prefix_value).reshape(kv_heads, rows, groups, dim)
+    out = out.transpose(0, 1) + torch.matmul(weights[..., length:], value)
+    # as sdpa_attention_forward gives it: (rows, 1, heads, head_dim)
+    return out.reshape(rows, heads, 1, dim).transpose(1, 2).contiguous()
 
 
 def install(model: PreTrainedModel) -> bool:
-    """Switch a model that uses SDPA to the spanned kind; False (and no change) otherwise."""
-    if getattr(model.config, "_attn_implementation", None) != "sdpa":
+    """Switch a model that uses SDPA to the slot kind; False (and no change) otherwise."""
+    current = getattr(model.config, "_attn_implementation", None)
+    if current == NAME:
+        return True
+    if current != "sdpa":
         return False
-    AttentionInterface.register(NAME, spanned_sdpa)
+    AttentionInterface.register(NAME, slot_sdpa)
     ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)
     model.set_attn_implementation(NAME)
     return True
 
 
 @contextmanager
-def row_spans(spans: tuple[Span, ...] | None) -> Iterator[None]:
-    token = _spans.set(spans)
+def planned(spans: tuple[Span, ...]) -> Iterator[None]:
+    token = _plan.set(spans)
     try:
         yield
     finally:
-        _spans.reset(token)
+        _plan.reset(token)
 
 
-def plan_spans(first_real: Sequence[int]) -> tuple[Span, ...]:
-    """Cut rows (given each row's first real column) into spans of neighbours, least cached
-    positions read plus a fixed cost per span. Rows keep their order."""
+def plan_spans(first_real: Sequence[int]) -> tuple[tuple[int, int, int], ...]:
+    """Cut rows (given each row's first real column) into spans ``(start, end, column)`` of
+    neighbours: the least cached positions read plus a fixed cost per span. Rows keep their
+    order."""
     n = len(first_real)
     rightmost = max(first_real, default=0)
     best = [0] * (n + 1)
@@ -94,7 +153,7 @@ def plan_spans(first_real: Sequence[int]) -> tuple[Span, ...]:
             cost = best[i] + (j - i) * (rightmost - column) + SPAN_OVERHEAD
             if best[j] < 0 or cost < best[j]:
                 best[j], cut[j] = cost, i
-    spans: list[Span] = []
+    spans: list[tuple[int, int, int]] = []
     j = n
     while j > 0:
         i = cut[j]

@@ -1,32 +1,31 @@
-"""The generation engine: encode, plan, pad on the left, generate, decode the new tokens."""
+"""The generation engine: encode, group by parameter set, decode continuously, decode the text.
+
+Requests of one parameter set share one decode batch (``worker.decode``): prompts are
+prefilled in chunks of about one length into free slots, every step feeds all live rows at
+once, and a row leaves the batch the step it ends, its slot taken by the next prompt. Prompts
+that share a long token prefix (one template, many items) take its keys and values from one
+prefill, kept for later windows too.
+"""
 
 from __future__ import annotations
 
 import logging
 import secrets
 import time
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import (
-    Cache,
-    DynamicLayer,
-    GenerationConfig,
-    GenerationMixin,
-    LogitsProcessorList,
-    MinNewTokensLengthLogitsProcessor,
-    NoRepeatNGramLogitsProcessor,
-    StoppingCriteriaList,
-)
+from transformers import DynamicCache
 
-from genq.errors import InvalidRequest
+from genq.errors import InvalidRequest, ModelUnavailable
 from genq.params import GenerationParams
-from worker import attention
-from worker.kvcache import PreallocatedLayer, stack_left_padded
-from worker.planner import DEFAULT_STEP_COST, Batch, PlanItem, plan, prefill_chunks, split
-from worker.sampling import RepetitionPenalty, RowSampler, StopStrings, cut_at_stop, row_seed
+from worker import attention, planner
+from worker.decode import KV, DecodeBatch, Prefix, Row
+from worker.kvslots import SlotCache
+from worker.sampling import cut_at_stop, row_seed
 from worker.types import BatchReport, Choice, FinishReason, GenRequest, GenResult
 
 if TYPE_CHECKING:
@@ -35,30 +34,25 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ACCELERATOR_STEP_COST = 1024
-"""On a GPU a decode step is bound by reading the weights, so extra rows are nearly free."""
+DEFAULT_PREFILL_TOKENS = 1024
+"""Prompt tokens packed into one prefill forward: enough for the matrix products to run near
+the machine's peak, few enough that the packed attention (every token against every other,
+mostly masked) stays a small part of it. A longer prompt has a forward of its own."""
 
-DEFAULT_PRUNE_EVERY = 8
-"""New tokens per generate slice; finished rows leave the batch between slices."""
+DEFAULT_PREFIX_CACHE_TOKENS = 8192
+"""Shared-prefix tokens whose keys and values are kept between windows, least recent out."""
 
-DEFAULT_PREFILL_TOKENS = 4096
-"""Most padded prompt tokens in one prefill chunk (bounds the attention scores' memory)."""
+REPORT_SECONDS = 5.0
+"""A report (and so a write of what finished) at least this often while rows finish."""
 
 OUT_OF_MEMORY: tuple[type[BaseException], ...] = (torch.OutOfMemoryError, MemoryError)
 
 
-@dataclass(frozen=True)
-class _Encoded:
-    request: GenRequest
-    ids: list[int]
-    seeds: tuple[int, ...]  # one per return sequence; used only when sampling
-
-
 class Engine:
-    """Turns many requests into few, well-packed ``generate`` calls.
+    """Turns many requests into few forwards over one continuously refilled batch.
 
-    Requests are grouped by parameter set; a failing request (bad input, a decode error, out of
-    memory on its own) becomes that request's error and the others go on.
+    A failing forward is retried on half its rows; a request that fails alone (bad input, a
+    decode error, out of memory on its own) becomes that request's error and the others go on.
     """
 
     def __init__(
@@ -67,27 +61,27 @@ class Engine:
         *,
         max_batch_tokens: int,
         max_batch_size: int,
-        prune_every: int = DEFAULT_PRUNE_EVERY,
-        step_cost: int | None = None,
         prefill_tokens: int = DEFAULT_PREFILL_TOKENS,
+        prefix_cache_tokens: int = DEFAULT_PREFIX_CACHE_TOKENS,
     ) -> None:
         self.loaded = loaded
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
-        self.prune_every = prune_every
         self.prefill_tokens = prefill_tokens
-        self._split_prefill = True
-        self._spanned = attention.install(loaded.model)
-        if step_cost is None:
-            step_cost = DEFAULT_STEP_COST if loaded.device.type == "cpu" else ACCELERATOR_STEP_COST
-        self.step_cost = step_cost
+        self.prefixes = PrefixStore(prefix_cache_tokens)
+        config = loaded.model.config
+        if any(kind != "full_attention" for kind in getattr(config, "layer_types", None) or []):
+            raise ModelUnavailable(f"{loaded.name}: sliding-window attention is not supported")
+        if not attention.install(loaded.model):
+            raise ModelUnavailable(f"{loaded.name}: genq's engine needs a model with SDPA attention")
+        self.layers = int(config.num_hidden_layers)
+        self._planned = attention.PLANNED.to(loaded.device)
 
     @classmethod
     def from_settings(cls, loaded: LoadedModel, settings: Settings, **overrides: Any) -> Engine:
         options: dict[str, Any] = {
             "max_batch_tokens": settings.max_batch_tokens,
             "max_batch_size": settings.max_batch_size,
-            "step_cost": settings.batch_step_cost,
         }
         options.update({k: v for k, v in overrides.items() if v is not None})
         return cls(loaded, **options)
@@ -125,8 +119,9 @@ class Engine:
         return list(ids)
 
     def run(self, requests: Iterable[GenRequest]) -> Iterator[BatchReport]:
-        """Yields one report per planned batch (and one for requests refused before any)."""
-        encoded: dict[str, _Encoded] = {}
+        """Yields a report each time a share of the requests has finished (and one for
+        requests refused before any ran)."""
+        groups: dict[str, list[list[Row]]] = {}
         refused: list[GenResult] = []
         for request in requests:
             try:
@@ -134,297 +129,310 @@ class Engine:
             except InvalidRequest as exc:
                 refused.append(GenResult(key=request.key, error=str(exc)))
                 continue
-            encoded[request.key] = _Encoded(request, ids, _seeds(request.params))
+            seeds = _seeds(request.params)
+            rows = [Row(request, i, ids, seed) for i, seed in enumerate(seeds)]
+            groups.setdefault(request.params.group_key(), []).append(rows)
         if refused:
             yield BatchReport("", tuple(r.key for r in refused), 0, 0, 1.0, 0.0, tuple(refused))
-        items = [
-            PlanItem(
-                key=key,
-                group=enc.request.params.group_key(),
-                prompt_tokens=len(enc.ids),
-                max_new_tokens=enc.request.params.max_new_tokens,
-                rows=enc.request.params.num_return_sequences,
-            )
-            for key, enc in encoded.items()
-        ]
-        for batch in plan(
-            items,
-            max_batch_tokens=self.max_batch_tokens,
-            max_batch_size=self.max_batch_size,
-            step_cost=self.step_cost,
-        ):
-            started = time.perf_counter()
-            results = self._run_batch(batch, encoded)
-            yield BatchReport(
-                group=batch.group,
-                keys=tuple(item.key for item in batch.items),
-                rows=batch.rows,
-                padded_length=batch.padded_length,
-                prompt_efficiency=batch.prompt_efficiency,
-                seconds=time.perf_counter() - started,
-                results=tuple(results),
-            )
+        for group in sorted(groups):
+            yield from _Run(self, group, groups[group]).reports()
 
-    def _run_batch(self, batch: Batch, encoded: dict[str, _Encoded]) -> list[GenResult]:
-        members = [encoded[item.key] for item in batch.items]
-        try:
-            return self._generate(members)
-        except OUT_OF_MEMORY as exc:
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            reason = f"out of memory: {exc}"
-        except Exception as exc:  # noqa: BLE001 - isolate the request that breaks the batch
-            reason = f"generation failed: {type(exc).__name__}: {exc}"
-        if len(batch.items) == 1:
-            log.warning("request %s failed alone: %s", batch.items[0].key, reason)
-            return [GenResult(key=batch.items[0].key, error=reason)]
-        log.info("batch of %d rows failed (%s); halving", batch.rows, reason)
-        first, second = split(batch)
-        return self._run_batch(first, encoded) + self._run_batch(second, encoded)
-
-    def _generate(self, members: Sequence[_Encoded]) -> list[GenResult]:
-        params = members[0].request.params  # one group: the same batch-wide parameters
-        rows = [(m, i) for m in members for i in range(params.num_return_sequences)]
-        width = max(len(m.ids) for m in members)
-        loaded = self.loaded
-        # Left padding: every row's last prompt token sits in the last column, where
-        # generation continues; the mask keeps padding out of attention and positions.
-        input_ids, attention_mask = _left_padded([m.ids for m, _ in rows], loaded.pad_token_id)
-        first_real = width - torch.tensor([len(m.ids) for m, _ in rows])
-
-        processors = LogitsProcessorList()
-        if params.repetition_penalty is not None:
-            processors.append(RepetitionPenalty(params.repetition_penalty, first_real))
-        if params.no_repeat_ngram_size is not None:
-            processors.append(NoRepeatNGramLogitsProcessor(params.no_repeat_ngram_size))
-        if params.min_new_tokens:
-            processors.append(
-                MinNewTokensLengthLogitsProcessor(
-                    width, params.min_new_tokens, list(loaded.eos_token_ids)
-                )
-            )
-        if params.do_sample:
-            processors.append(
-                RowSampler(
-                    [m.seeds[i] for m, i in rows],
-                    temperature=params.temperature,
-                    top_k=params.top_k,
-                    top_p=params.top_p,
-                )
-            )
-        stops = [m.request.params.stop for m, _ in rows]
-        stop_criterion = StopStrings(self.tokenizer, stops, width) if any(stops) else None
-        prunable: list[Any] = [p for p in processors if hasattr(p, "select")]
-        if stop_criterion:
-            prunable.append(stop_criterion)
-        prefilled = self._prefill([m.ids for m in members], width, params.max_new_tokens)
-        if prefilled is not None and params.num_return_sequences > 1:
-            prefilled.cache.batch_repeat_interleave(params.num_return_sequences)
-            prefilled.logits = prefilled.logits.repeat_interleave(
-                params.num_return_sequences, dim=0
-            )
-        tokens, stopped_at = self._generate_pruning(
-            input_ids,
-            attention_mask,
-            prefilled,
-            params.max_new_tokens,
-            processors,
-            stop_criterion,
-            prunable,
-        )
-        return self._decode(members, rows, tokens, stopped_at)
-
-    def _prefill(
-        self, prompts: Sequence[list[int]], width: int, max_new_tokens: int
-    ) -> _Prefilled | None:
-        """The KV cache of every prompt, left-padded to ``width``, and each prompt's next-token
-        logits.
-
-        Prompts run in chunks of near-equal length, so a long prompt in the batch does not make
-        every short one pay for its padding in the prefill; the decode that follows still runs
-        all rows together. Each prompt is prefilled whole, as ``generate`` would, so its output
-        does not change with the batch. ``None`` when the model's cache is not the plain growing
-        kind: ``generate`` then prefills the whole batch itself."""
-        if not self._split_prefill:
-            return None
-        loaded = self.loaded
-        order = sorted(range(len(prompts)), key=lambda r: len(prompts[r]))
-        chunks = prefill_chunks([len(prompts[r]) for r in order], self.prefill_tokens)
-        cache: Cache | None = None
-        parts: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
-        logits: list[torch.Tensor] = []
-        start = 0
-        for size in chunks:
-            rows = [prompts[r] for r in order[start : start + size]]
-            start += size
-            ids, mask = _left_padded(rows, loaded.pad_token_id)
-            positions = mask.cumsum(-1) - 1  # as generate numbers left-padded rows
-            positions.masked_fill_(mask == 0, 1)
-            with torch.inference_mode():
-                out = loaded.model(
-                    input_ids=ids.to(loaded.device),
-                    attention_mask=mask.to(loaded.device),
-                    position_ids=positions.to(loaded.device),
-                    use_cache=True,
-                    logits_to_keep=1,
-                )
-            if not all(type(layer) is DynamicLayer for layer in out.cache.layers):
-                self._split_prefill = False
-                log.info(
-                    "model %s keeps a windowed or static cache: prefill whole batches", loaded.name
-                )
-                return None
-            cache = cache or out.cache
-            parts.append([(layer.keys, layer.values) for layer in out.cache.layers])
-            logits.append(out.logits[:, -1, :].float())
-        assert cache is not None
-        restore = torch.empty(len(order), dtype=torch.long)
-        restore[torch.tensor(order)] = torch.arange(len(order))
-        restore = restore.to(loaded.device)
-        capacity = width + max_new_tokens
-        for index in range(len(cache.layers)):
-            cache.layers[index] = PreallocatedLayer(
-                stack_left_padded([part[index][0] for part in parts], width)[restore],
-                stack_left_padded([part[index][1] for part in parts], width)[restore],
-                capacity,
-            )
-        return _Prefilled(cache, torch.cat(logits)[restore])
-
-    def _generate_pruning(
+    def forward(
         self,
+        rows: Sequence[Row],
         input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        prefilled: _Prefilled | None,
-        max_new_tokens: int,
-        processors: LogitsProcessorList,
-        stop_criterion: StopStrings | None,
-        prunable: Sequence[Any],
-    ) -> tuple[list[list[int]], list[int | None]]:
-        """``generate`` in slices of ``prune_every`` new tokens, continuing from the KV cache;
-        between slices the rows that finished leave the batch, so a few long answers do not
-        keep paying for the rows that stopped early. After a split prefill the first token is
-        picked here from the prefill's logits, the way ``generate`` picks every other."""
-        loaded = self.loaded
-        eos = set(loaded.eos_token_ids)
-        alive = list(range(input_ids.shape[0]))  # original row of each row still generating
-        tokens: list[list[int]] = [[] for _ in alive]
-        stopped_at: list[int | None] = [None] * len(alive)
-        sequences = input_ids.to(loaded.device)
-        mask = attention_mask.to(loaded.device)
-        cache = prefilled.cache if prefilled else None
-        produced = 0
-        while alive and produced < max_new_tokens:
-            if prefilled is not None and produced == 0:
-                with torch.inference_mode():
-                    ids = cast(torch.LongTensor, sequences)
-                    scores = processors(ids, cast(torch.FloatTensor, prefilled.logits))
-                    sequences = torch.cat([sequences, scores.argmax(-1, keepdim=True)], dim=1)
-                    if stop_criterion:
-                        stop_criterion(
-                            cast(torch.LongTensor, sequences), cast(torch.FloatTensor, scores)
-                        )
-            else:
-                config = GenerationConfig(
-                    max_new_tokens=min(self.prune_every, max_new_tokens - produced),
-                    do_sample=False,  # sampling, when asked for, happens per row in RowSampler
-                    pad_token_id=loaded.pad_token_id,
-                    eos_token_id=list(loaded.eos_token_ids),
-                    return_dict_in_generate=True,
-                )
-                first_real = (mask.shape[1] - mask.sum(-1)).tolist()
-                spans = attention.plan_spans(first_real) if self._spanned else None
-                with torch.inference_mode(), attention.row_spans(spans):
-                    out = cast(GenerationMixin, loaded.model).generate(
-                        input_ids=sequences,
-                        attention_mask=mask,
-                        cache=cache,
-                        generation_config=config,
-                        logits_processor=processors,
-                        stopping_criteria=StoppingCriteriaList(
-                            [stop_criterion] if stop_criterion else []
-                        ),
-                    )
-                sequences, cache = out.sequences, out.cache
-            new = sequences[:, mask.shape[1] :]
-            produced += new.shape[1]
-            keep = []
-            for j, row_tokens in enumerate(new.tolist()):
-                row = alive[j]
-                tokens[row].extend(row_tokens)
-                stop_step = stop_criterion.stopped_at[j] if stop_criterion else None
-                if stop_step is not None:
-                    stopped_at[row] = stop_step
-                elif not eos.intersection(row_tokens):
-                    keep.append(j)
-            # Every row still generating has only real tokens since the prompt.
-            mask = torch.cat([mask, mask.new_ones(new.shape)], dim=1)
-            if len(keep) < len(alive):
-                index = torch.tensor(keep, dtype=torch.long, device=loaded.device)
-                sequences, mask = sequences[index], mask[index]
-                if cache is not None:
-                    cache.batch_select_indices(index)
-                for part in prunable:
-                    part.select(keep)
-                alive = [alive[j] for j in keep]
-        return tokens, stopped_at
+        position_ids: torch.Tensor,
+        cache: SlotCache,
+        spans: tuple[attention.Span, ...],
+        keep: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The model over ``rows``: their next tokens (one per batch row), or their prompts
+        packed into one sequence (``keep``: where each row's last token is). Returns the
+        logits for each row's next token."""
+        with torch.inference_mode(), attention.planned(spans):
+            out = self.loaded.model(
+                input_ids=input_ids,
+                position_ids=position_ids,
+                attention_mask=self._planned,
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1 if keep is None else keep,
+            )
+        return out.logits[:, -1, :] if keep is None else out.logits[0]
 
-    def _decode(
-        self,
-        members: Sequence[_Encoded],
-        rows: Sequence[tuple[_Encoded, int]],
-        new_tokens: list[list[int]],
-        stopped_at: Sequence[int | None],
-    ) -> list[GenResult]:
-        eos = set(self.loaded.eos_token_ids)
-        kept: list[list[int]] = []
-        ended: list[bool] = []
-        for tokens, stop_step in zip(new_tokens, stopped_at, strict=True):
-            if stop_step is not None:  # what follows is padding, which may be EOS itself
-                tokens = tokens[:stop_step]
-            end = next((i for i, t in enumerate(tokens) if t in eos), None)
-            kept.append(tokens if end is None else tokens[: end + 1])  # a generated EOS counts
-            ended.append(end is not None)
-        try:
-            texts = self.tokenizer.batch_decode(kept, skip_special_tokens=True)
-        except Exception:  # noqa: BLE001 - decode row by row below, failing only the bad ones
-            texts = [None] * len(kept)
-        choices: dict[str, list[Choice]] = {m.request.key: [] for m in members}
-        errors: dict[str, str] = {}
-        for r, (member, _) in enumerate(rows):
-            key = member.request.key
-            try:
-                text = texts[r]
-                if text is None:
-                    text = self.tokenizer.decode(kept[r], skip_special_tokens=True)
-                text, hit_stop = cut_at_stop(text, member.request.params.stop)
-            except Exception as exc:  # noqa: BLE001
-                errors[key] = f"decode failed: {type(exc).__name__}: {exc}"
-                continue
-            reason: FinishReason = "stop" if ended[r] or hit_stop else "length"
-            choices[key].append(Choice(text, reason, len(kept[r])))
-        return [
-            GenResult(key=m.request.key, error=errors[m.request.key])
-            if m.request.key in errors
-            else GenResult(m.request.key, tuple(choices[m.request.key]), len(m.ids))
-            for m in members
-        ]
+    def prefill_prefix(self, tokens: Sequence[int]) -> KV:
+        """Keys and values of a shared prefix, prefilled on its own (plain causal attention)."""
+        ids = torch.tensor([list(tokens)], device=self.loaded.device)
+        cache = DynamicCache(config=self.loaded.model.config)
+        with torch.inference_mode():
+            self.loaded.model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
+        return [(layer.keys[0], layer.values[0]) for layer in cache.layers]  # type: ignore[index]
+
+    def new_batch(self, shape: planner.Layout) -> DecodeBatch:
+        loaded = self.loaded
+        return DecodeBatch(
+            self.forward,
+            loaded.tokenizer,
+            layers=self.layers,
+            slots=shape.slots,
+            capacity=shape.capacity,
+            column=shape.column,
+            eos=loaded.eos_token_ids,
+            pad_id=loaded.pad_token_id,
+            device=loaded.device,
+        )
+
+
+class PrefixStore:
+    """Shared prefixes' keys and values, least recently used out past ``capacity`` tokens."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._entries: OrderedDict[tuple[int, ...], Prefix] = OrderedDict()
+
+    @property
+    def known(self) -> frozenset[tuple[int, ...]]:
+        return frozenset(self._entries)
+
+    def get(self, tokens: tuple[int, ...], engine: Engine) -> Prefix:
+        prefix = self._entries.get(tokens)
+        if prefix is None:
+            prefix = Prefix(tokens, engine.prefill_prefix(tokens))
+            self._entries[tokens] = prefix
+        self._entries.move_to_end(tokens)
+        while self._entries and sum(len(t) for t in self._entries) > self.capacity:
+            self._entries.popitem(last=False)  # rows that use it keep their own reference
+        return prefix
 
 
 @dataclass
-class _Prefilled:
-    cache: Cache  # every prompt token of every row, left-padded
-    logits: torch.Tensor  # (rows, vocab) float32: the scores for each row's first new token
+class _Run:
+    """One parameter set's requests through one decode batch."""
+
+    engine: Engine
+    group: str
+    requests: list[list[Row]]  # each request's rows (one per return sequence)
+    pending: deque[list[Row]] = field(default_factory=deque)
+    batch: DecodeBatch | None = None
+    finished: dict[str, list[Row]] = field(default_factory=dict)  # request key -> rows done
+    results: list[GenResult] = field(default_factory=list)  # not yet reported
+    failing: bool = False  # halving after a failure that was not out of memory
+    max_rows: int = 0
+    max_chunk: int = 0
+    # what the next report says about the work since the last one
+    since: float = 0.0
+    steps: int = 0
+    row_steps: int = 0
+    prompt_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        self.max_rows = self.engine.max_batch_size
+        self.max_chunk = self.engine.max_batch_size
+        self._find_prefixes()
+        order = sorted(self.requests, key=_admission_order)
+        self.pending = deque(order)
+        self.since = time.perf_counter()
+
+    def reports(self) -> Iterator[BatchReport]:
+        while self.pending or (self.batch is not None and self.batch.live):
+            if self._admit():
+                continue  # admit as many chunks as there are free slots before stepping
+            self._step()
+            if len(self.results) * 2 >= self.max_rows or (
+                self.results and time.perf_counter() - self.since >= REPORT_SECONDS
+            ):
+                yield self._report()
+        if self.results:
+            yield self._report()
+
+    # -- admission ------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def _admit(self) -> bool:
+        batch = self.batch
+        live = len(batch.live) if batch is not None else 0
+        if not self.pending:
+            return False
+        if batch is not None and not planner.should_admit(
+            free=batch.free, slots=batch.slots, live=live
+        ):
+            return False
+        batch = self._room_for(self.pending[0][0])
+        free = min(batch.free, self.max_rows - len(batch.live))
+        if free <= 0:
+            return False
+        units: list[list[Row]] = []
+        lengths = []
+        prefix = self.pending[0][0].prefix
+        for unit in self.pending:
+            row = unit[0]
+            if len(units) >= self.max_chunk or row.prefix is not prefix or not batch.fits(row):
+                break
+            units.append(unit)
+            lengths.append(len(row.own))
+        per_unit = len(units[0]) if units else 1
+        take = planner.chunk_size(
+            lengths, free=free // per_unit, max_tokens=self.engine.prefill_tokens
+        )
+        if take == 0:
+            return False
+        units = units[:take]
+        for _ in units:
+            self.pending.popleft()
+        rows = [row for unit in units for row in unit]
+        try:
+            firsts = batch.admit(rows)
+        except OUT_OF_MEMORY + (Exception,) as exc:  # noqa: BLE001 - isolate what breaks it
+            for row in rows:
+                if row.slot >= 0:
+                    batch.remove(row)
+                row.reset()
+            self._failed(units, exc, chunk=True)
+            return True
+        self.prompt_tokens += sum(lengths[:take])
+        self._advance(rows, firsts)
+        return True
+
+    def _room_for(self, row: Row) -> DecodeBatch:
+        """The batch, laid out anew if ``row`` (the next to join) does not fit as it is."""
+        batch = self.batch
+        if batch is not None and batch.fits(row):
+            return batch
+        live = batch.live if batch is not None else []
+        longest = max(len(unit[0].own) for unit in self.pending)
+        shape = planner.layout(
+            live_lengths=[batch.column - r.start for r in live] if batch else [],
+            longest_prompt=longest,
+            max_new_tokens=max(unit[0].params.max_new_tokens for unit in self.pending),
+            max_rows=self.max_rows,
+            max_tokens=self.engine.max_batch_tokens,
+        )
+        if batch is None or not live:
+            self.batch = self.engine.new_batch(shape)
+        else:
+            batch.relayout(shape.slots, shape.capacity, shape.column)
+        return self.batch  # type: ignore[return-value]
+
+    # -- decoding -------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def _step(self) -> None:
+        batch = self.batch
+        assert batch is not None
+        live = list(batch.live)
+        try:
+            tokens = batch.step()
+        except OUT_OF_MEMORY + (Exception,) as exc:  # noqa: BLE001 - isolate what breaks it
+            units = _units(live)
+            for row in live:
+                batch.remove(row)
+                row.reset()
+            self._failed(units, exc, chunk=False)
+            return
+        self.steps += 1
+        self.row_steps += len(live)
+        self._advance(live, tokens)
+
+    def _advance(self, rows: Sequence[Row], tokens: Sequence[int]) -> None:
+        assert self.batch is not None
+        eos = self.batch.eos
+        for row, token in zip(rows, tokens, strict=True):
+            if token in eos or row.stopped or len(row.tokens) >= row.params.max_new_tokens:
+                self.batch.remove(row)
+                done = self.finished.setdefault(row.key, [])
+                done.append(row)
+                if len(done) == row.params.num_return_sequences:
+                    del self.finished[row.key]
+                    self.results.append(self._result(done))
+
+    # -- failures -------------------------------------------------------------------------------
+
+    def _failed(self, units: list[list[Row]], exc: BaseException, *, chunk: bool) -> None:
+        """A forward over ``units`` failed: one request alone gets the error; more go back to
+        the queue with half as many allowed at once."""
+        if isinstance(exc, OUT_OF_MEMORY):
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            reason = f"out of memory: {exc}"
+        else:
+            reason = f"generation failed: {type(exc).__name__}: {exc}"
+        if len(units) == 1:
+            key = units[0][0].key
+            log.warning("request %s failed alone: %s", key, reason)
+            self.results.append(GenResult(key=key, error=reason))
+            if self.failing:  # the request that broke the batch is found: back to full size
+                self.failing = False
+                self.max_rows = self.max_chunk = self.engine.max_batch_size
+            return
+        self.failing = not isinstance(exc, OUT_OF_MEMORY)
+        half = max(1, len(units) // 2)
+        log.info("%s of %d requests failed (%s); halving", "prefill" if chunk else "step",
+                 len(units), reason)
+        if chunk:
+            self.max_chunk = half
+        else:
+            self.max_rows = max(1, sum(len(u) for u in units) // 2)
+            self.max_chunk = min(self.max_chunk, half)
+        self.pending.extendleft(reversed(units))
+
+    # -- results --------------------------------------------------------------------------------
+
+    def _result(self, rows: list[Row]) -> GenResult:
+        rows.sort(key=lambda row: row.index)
+        request = rows[0].request
+        tok = self.engine.tokenizer
+        choices = []
+        try:
+            texts = tok.batch_decode([row.tokens for row in rows], skip_special_tokens=True)
+            for row, text in zip(rows, texts, strict=True):
+                text, hit_stop = cut_at_stop(text, request.params.stop)
+                ended = bool(row.tokens) and row.tokens[-1] in self.engine.loaded.eos_token_ids
+                reason: FinishReason = "stop" if ended or row.stopped or hit_stop else "length"
+                choices.append(Choice(text, reason, len(row.tokens)))
+        except Exception as exc:  # noqa: BLE001 - this request's error; the batch goes on
+            return GenResult(key=request.key, error=f"decode failed: {type(exc).__name__}: {exc}")
+        return GenResult(request.key, tuple(choices), len(rows[0].ids))
+
+    def _report(self) -> BatchReport:
+        now = time.perf_counter()
+        results, self.results = tuple(self.results), []
+        longest = max((r.prompt_tokens for r in results), default=0)
+        report = BatchReport(
+            group=self.group,
+            keys=tuple(r.key for r in results),
+            rows=max(1, round(self.row_steps / self.steps)) if self.steps else len(results),
+            padded_length=longest,
+            prompt_efficiency=1.0,  # prompts are prefilled packed, with no padding
+            seconds=now - self.since,
+            results=results,
+        )
+        self.since, self.steps, self.row_steps, self.prompt_tokens = now, 0, 0, 0
+        return report
+
+    def _find_prefixes(self) -> None:
+        store = self.engine.prefixes
+        if not store.capacity:
+            return
+        prompts = [unit[0].ids for unit in self.requests]
+        lengths = planner.shared_prefixes(prompts, known=store.known)
+        for unit, length in zip(self.requests, lengths, strict=True):
+            if length:
+                prefix = store.get(tuple(unit[0].ids[:length]), self.engine)
+                for row in unit:
+                    row.prefix = prefix
 
 
-def _left_padded(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids and attention mask of ``rows`` padded on the left to the longest."""
-    width = max(len(row) for row in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for r, row in enumerate(rows):
-        ids[r, width - len(row) :] = torch.tensor(row)
-        mask[r, width - len(row) :] = 1
-    return ids, mask
+def _admission_order(unit: list[Row]) -> tuple[int, tuple[int, ...], int]:
+    row = unit[0]
+    prefix = row.prefix.tokens if row.prefix is not None else ()
+    return (-len(prefix), prefix, len(row.ids))
+
+
+def _units(rows: Sequence[Row]) -> list[list[Row]]:
+    by_key: dict[str, list[Row]] = {}
+    for row in rows:
+        by_key.setdefault(row.key, []).append(row)
+    return list(by_key.values())
 
 
 def _seeds(params: GenerationParams) -> tuple[int, ...]:

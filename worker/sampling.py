@@ -1,25 +1,23 @@
-"""Logits processors and stopping criteria that treat every row on its own.
+"""Choosing each row's next token, every row on its own.
 
 transformers' built-in sampling draws from one global generator for the whole batch, so a
 seeded request would give different text depending on its batch company. Here each row owns a
-generator, so a seeded row draws the same numbers alone or in any batch, in any order.
+generator, so a seeded row draws the same numbers alone or in any batch, in any order. The
+other processors (repetition penalty, banned n-grams, a minimum length) read only the row's
+own tokens, never the padding around it. A processor no row asked for costs nothing.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import cast
+from dataclasses import dataclass, field
 
 import torch
-from transformers import (
-    LogitsProcessor,
-    StoppingCriteria,
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
-)
+from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from genq.params import GenerationParams
 
 
 def row_seed(seed: int, index: int) -> int:
@@ -28,101 +26,75 @@ def row_seed(seed: int, index: int) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
-class RowSampler(LogitsProcessor):
-    """Warps and samples each row with its own generator; leaves only the drawn token finite,
-    so generate's greedy step picks it."""
+@dataclass
+class NGramBans:
+    """transformers' no-repeat-n-gram rule over one row's prompt and new tokens."""
 
-    def __init__(
-        self,
-        seeds: Sequence[int],
-        *,
-        temperature: float | None,
-        top_k: int | None,
-        top_p: float | None,
-    ) -> None:
-        self.generators = [torch.Generator().manual_seed(seed) for seed in seeds]
-        self.warpers: list[LogitsProcessor] = []
-        if temperature is not None and temperature != 1.0:
-            self.warpers.append(TemperatureLogitsWarper(temperature))
-        if top_k is not None:
-            self.warpers.append(TopKLogitsWarper(top_k))
-        if top_p is not None and top_p < 1.0:
-            self.warpers.append(TopPLogitsWarper(top_p))
+    size: int
+    tokens: list[int]
+    seen: dict[tuple[int, ...], set[int]] = field(default_factory=dict)
 
-    def select(self, keep: Sequence[int]) -> None:
-        self.generators = [self.generators[j] for j in keep]
+    def __post_init__(self) -> None:
+        for end in range(self.size, len(self.tokens) + 1):
+            self._note(end)
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        for warper in self.warpers:
-            scores = warper(input_ids, scores)
-        # One uniform draw per row per step, on the CPU, whatever the device: the row's stream
-        # of draws depends on nothing but its seed.
-        draws = torch.cat([torch.rand(1, generator=g) for g in self.generators])
-        cdf = torch.softmax(scores.float(), dim=-1).cumsum(dim=-1)  # (rows, vocab)
-        targets = draws.to(cdf.device).unsqueeze(1) * cdf[:, -1:]
-        tokens = torch.searchsorted(cdf, targets, right=True).clamp_(max=cdf.shape[-1] - 1)
-        picked = torch.full_like(scores, float("-inf"))
-        return cast(torch.FloatTensor, picked.scatter_(1, tokens, 0.0))
+    def add(self, token: int) -> None:
+        self.tokens.append(token)
+        self._note(len(self.tokens))
+
+    def banned(self) -> list[int]:
+        if len(self.tokens) < self.size - 1:
+            return []
+        head = tuple(self.tokens[len(self.tokens) - self.size + 1 :])
+        return sorted(self.seen.get(head, ()))
+
+    def _note(self, end: int) -> None:
+        if end >= self.size:
+            gram = self.tokens[end - self.size : end]
+            self.seen.setdefault(tuple(gram[:-1]), set()).add(gram[-1])
 
 
-class RepetitionPenalty(LogitsProcessor):
-    """transformers' repetition penalty, minus the left padding: the stock one also penalises
-    the pad token (EOS for GPT-2) in padded rows only, which makes output depend on the batch."""
-
-    def __init__(self, penalty: float, first_real: torch.Tensor) -> None:
-        self.penalty = penalty
-        self.first_real = first_real  # (rows,) index of each row's first non-pad position
-
-    def select(self, keep: Sequence[int]) -> None:
-        self.first_real = self.first_real[list(keep)]
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        real = positions.unsqueeze(0) >= self.first_real.to(input_ids.device).unsqueeze(1)
-        seen = torch.zeros_like(scores).scatter_add_(1, input_ids, real.to(scores.dtype)) > 0
-        penalised = torch.where(scores < 0, scores * self.penalty, scores / self.penalty)
-        return cast(torch.FloatTensor, torch.where(seen, penalised, scores))
+def warp(scores: torch.Tensor, params: GenerationParams) -> torch.Tensor:
+    """Temperature, top-k and top-p as transformers applies them, for rows of one setting."""
+    if params.temperature is not None and params.temperature != 1.0:
+        scores = TemperatureLogitsWarper(params.temperature)(None, scores)  # type: ignore[arg-type]
+    if params.top_k is not None:
+        scores = TopKLogitsWarper(params.top_k)(None, scores)  # type: ignore[arg-type]
+    if params.top_p is not None and params.top_p < 1.0:
+        scores = TopPLogitsWarper(params.top_p)(None, scores)  # type: ignore[arg-type]
+    return scores
 
 
-class StopStrings(StoppingCriteria):
-    """Marks a row done once its new text contains one of its stop strings, and remembers after
-    how many new tokens, so the completion token count is exact."""
+def draw(scores: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """One token per row from softmax(scores), with one uniform draw from the row's own
+    generator, on the CPU whatever the device: the row's stream of draws depends on nothing but
+    its seed."""
+    draws = torch.cat([torch.rand(1, generator=g) for g in generators])
+    cdf = torch.softmax(scores.float(), dim=-1).cumsum(dim=-1)  # (rows, vocab)
+    targets = draws.to(cdf.device).unsqueeze(1) * cdf[:, -1:]
+    return torch.searchsorted(cdf, targets, right=True).clamp_(max=cdf.shape[-1] - 1).squeeze(1)
 
-    def __init__(
-        self,
-        tokenizer: PreTrainedTokenizerBase,
-        stops: Sequence[tuple[str, ...]],
-        prompt_length: int,
-    ) -> None:
+
+def penalise(scores: torch.Tensor, seen: torch.Tensor, penalty: torch.Tensor) -> torch.Tensor:
+    """transformers' repetition penalty, per row: ``seen`` (rows, vocab) marks the row's own
+    prompt and new tokens, ``penalty`` (rows, 1) is 1.0 for a row that asked for none."""
+    penalised = torch.where(scores < 0, scores * penalty, scores / penalty)
+    return torch.where(seen, penalised, scores)
+
+
+class StopWatch:
+    """Whether a row's new text contains one of its stop strings yet."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, stops: Sequence[str]) -> None:
         self.tokenizer = tokenizer
-        self.stops = stops
-        self.prompt_length = prompt_length
+        self.stops = tuple(stops)
         # A character can take several byte-level tokens; this window always covers the longest
         # stop string plus the token that completed it.
-        self.window = 4 * max((len(s) for row in stops for s in row), default=0) + 4
-        self.stopped_at: list[int | None] = [None] * len(stops)
+        self.window = 4 * max(len(s) for s in stops) + 4
 
-    def select(self, keep: Sequence[int]) -> None:
-        self.stops = [self.stops[j] for j in keep]
-        self.stopped_at = [self.stopped_at[j] for j in keep]
-
-    def __call__(
-        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: object
-    ) -> torch.BoolTensor:
-        generated = input_ids.shape[1] - self.prompt_length
-        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        for row, stops in enumerate(self.stops):
-            if not stops:
-                continue
-            if self.stopped_at[row] is not None:
-                done[row] = True
-                continue
-            start = max(self.prompt_length, input_ids.shape[1] - self.window)
-            tail = self.tokenizer.decode(input_ids[row, start:], skip_special_tokens=True)
-            if any(stop in tail for stop in stops):
-                self.stopped_at[row] = generated
-                done[row] = True
-        return done  # type: ignore[return-value]
+    def hit(self, tokens: Sequence[int]) -> bool:
+        tail = self.tokenizer.decode(tokens[-self.window :], skip_special_tokens=True)
+        return any(stop in tail for stop in self.stops)
 
 
 def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -33,14 +34,21 @@ def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("models")
 
 
+TEST_DEVICE = os.environ.get("GENQ_TEST_DEVICE", "cpu")
+"""Where the engine tests' models run: ``GENQ_TEST_DEVICE=cuda`` runs them all on a GPU
+(``bench/gpu_check.sh`` does)."""
+
+cuda_only = pytest.mark.skipif(TEST_DEVICE != "cuda", reason="runs with GENQ_TEST_DEVICE=cuda")
+
+
 @pytest.fixture(scope="session")
 def tiny(tiny_cache: Path) -> LoadedModel:
-    return load_model("tiny-gpt2", Settings(model_cache=tiny_cache))
+    return load_model("tiny-gpt2", Settings(model_cache=tiny_cache, device=TEST_DEVICE))
 
 
 @pytest.fixture(scope="session")
 def smol() -> LoadedModel:
-    return load_model("smollm2-135m", get_settings())
+    return load_model("smollm2-135m", get_settings().model_copy(update={"device": TEST_DEVICE}))
 
 
 @pytest.fixture

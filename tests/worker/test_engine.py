@@ -1,11 +1,13 @@
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
+import torch
 
 from genq.params import parse_params
+from worker.decode import Row
 from worker.engine import Engine
 from worker.models import LoadedModel
 from worker.types import GenRequest
@@ -24,15 +26,14 @@ def test_greedy_batched_equals_alone(
     model: str, request: pytest.FixtureRequest, make_engine: EngineFactory
 ) -> None:
     loaded: LoadedModel = request.getfixturevalue(model)
-    engine = make_engine(loaded, step_cost=100_000)  # big batches: lots of padding
+    engine = make_engine(loaded)
     new = 24 if model == "tiny" else 12
     reqs = [
         GenRequest(str(i), parse_params({"max_new_tokens": new}), p)
         for i, p in enumerate(varied_prompts(32))
     ]
     reports = list(engine.run(reqs))
-    assert max(r.rows for r in reports) >= 16  # really batched, with real padding
-    assert min(r.prompt_efficiency for r in reports) < 1.0
+    assert max(r.rows for r in reports) >= 16  # really batched, prompts of varied length
     batched = {r.key: r for rep in reports for r in rep.results}
     for req in reqs:
         single = alone(engine, req)
@@ -147,69 +148,163 @@ def test_chat_without_template_is_a_clear_error(
     assert result.error is not None and "no chat template" in result.error
 
 
-def test_out_of_memory_halves_the_batch(
-    tiny: LoadedModel, make_engine: EngineFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    engine = make_engine(tiny, step_cost=100_000)  # one batch of 8
+Forward = Callable[..., torch.Tensor]
+
+
+def spy(engine: Engine, wrap: Callable[[Forward, Sequence[Row], tuple[Any, ...]], Any]) -> None:
+    """Route the engine's model calls through ``wrap(real, rows, args)``."""
+    real = engine.forward
+
+    def forward(rows: Sequence[Row], *args: Any) -> torch.Tensor:
+        return wrap(real, rows, args)
+
+    engine.forward = forward  # type: ignore[method-assign]
+
+
+def test_out_of_memory_halves_the_batch(tiny: LoadedModel, make_engine: EngineFactory) -> None:
+    engine = make_engine(tiny)
     reqs = [request(str(i), p, max_new_tokens=10) for i, p in enumerate(varied_prompts(8))]
     expected = run_all(engine, reqs)
-    real_generate = tiny.model.generate
     sizes: list[int] = []
 
-    def generate(**kwargs: Any) -> Any:
-        rows = kwargs["input_ids"].shape[0]
-        sizes.append(rows)
-        if rows > 2:
+    def wrap(real: Forward, rows: Sequence[Row], args: tuple[Any, ...]) -> torch.Tensor:
+        sizes.append(len(rows))
+        if len(rows) > 2:
             raise MemoryError("injected")
-        return real_generate(**kwargs)
+        return real(rows, *args)
 
-    monkeypatch.setattr(tiny.model, "generate", generate)
-    reports = list(engine.run(reqs))
-    results = {r.key: r for rep in reports for r in rep.results}
-    assert sizes[:3] == [8, 4, 2]
+    spy(engine, wrap)
+    results = run_all(engine, reqs)
+    assert sizes[:3] == [8, 4, 2]  # the prefill halves
+    # ...and so does the decode batch, each once: out of memory is not tried again and again
+    assert sorted(n for n in sizes if n > 2) == [4, 4, 8, 8]
     assert all(r.ok for r in results.values())
     assert {k: r.choices for k, r in results.items()} == {k: r.choices for k, r in expected.items()}
 
 
 def test_a_request_that_fails_alone_gets_an_error(
-    tiny: LoadedModel, make_engine: EngineFactory, monkeypatch: pytest.MonkeyPatch
+    tiny: LoadedModel, make_engine: EngineFactory
 ) -> None:
     engine = make_engine(tiny)
     reqs = [request(str(i), p, max_new_tokens=6) for i, p in enumerate(varied_prompts(6))]
-    poison = engine.encode(reqs[2])
-    real_generate = tiny.model.generate
+    expected = run_all(engine, reqs)
+    sizes: list[int] = []
 
-    def generate(**kwargs: Any) -> Any:
-        rows = kwargs["input_ids"].tolist()  # prompt, then the tokens generated so far
-        n = len(poison)
-        if any(row[i : i + n] == poison for row in rows for i in range(len(row) - n + 1)):
+    def wrap(real: Forward, rows: Sequence[Row], args: tuple[Any, ...]) -> torch.Tensor:
+        sizes.append(len(rows))
+        if any(row.key == "2" for row in rows):
             raise MemoryError("injected")
-        return real_generate(**kwargs)
+        return real(rows, *args)
 
-    monkeypatch.setattr(tiny.model, "generate", generate)
+    spy(engine, wrap)
     results = run_all(engine, reqs)
     assert results["2"].error == "out of memory: injected"
     assert sorted(k for k, r in results.items() if r.ok) == ["0", "1", "3", "4", "5"]
+    assert all(results[k].choices == expected[k].choices for k in "01345")
 
 
-def test_finished_rows_leave_the_batch(
-    tiny: LoadedModel, make_engine: EngineFactory, monkeypatch: pytest.MonkeyPatch
+def test_a_poison_request_found_the_batch_grows_back(
+    tiny: LoadedModel, make_engine: EngineFactory
 ) -> None:
+    engine = make_engine(tiny, prefill_tokens=100_000)  # every prompt fits one prefill
+    reqs = [request(str(i), p, max_new_tokens=12) for i, p in enumerate(varied_prompts(16))]
+    prefills: list[int] = []
+
+    def wrap(real: Forward, rows: Sequence[Row], args: tuple[Any, ...]) -> torch.Tensor:
+        if args[0].shape[0] == 1 and args[0].shape[1] > 1:
+            prefills.append(len(rows))
+        if any(row.key == "0" for row in rows):
+            raise ValueError("poison")
+        return real(rows, *args)
+
+    spy(engine, wrap)
+    results = run_all(engine, reqs)
+    assert results["0"].error == "generation failed: ValueError: poison"
+    assert sum(r.ok for r in results.values()) == 15
+    # Halved down to the one that fails alone, then the other 15 at once: not a lack of
+    # memory, so no reason to stay small.
+    assert prefills == [16, 8, 4, 2, 1, 15]
+
+
+def test_finished_rows_leave_the_batch(tiny: LoadedModel, make_engine: EngineFactory) -> None:
     reqs = [request(str(i), p, max_new_tokens=40) for i, p in enumerate(varied_prompts(24))]
-    whole = make_engine(tiny, prune_every=40, step_cost=100_000)  # one batch of 24
-    expected = run_all(whole, reqs)
-    assert any(r.choices[0].finish_reason == "stop" for r in expected.values())
-    real_generate = tiny.model.generate
+    engine = make_engine(tiny)
     sizes: list[int] = []
 
-    def generate(**kwargs: Any) -> Any:
-        sizes.append(kwargs["input_ids"].shape[0])
-        return real_generate(**kwargs)
+    def wrap(real: Forward, rows: Sequence[Row], args: tuple[Any, ...]) -> torch.Tensor:
+        if args[0].shape[1] == 1:  # a decode step: one token per row
+            sizes.append(len(rows))
+        return real(rows, *args)
 
-    monkeypatch.setattr(tiny.model, "generate", generate)
-    pruned = run_all(make_engine(tiny, prune_every=4, step_cost=100_000), reqs)
-    # Rows that stopped early were dropped (some already at the first token, picked from the
-    # prefill before any generate call).
-    assert sizes[-1] < sizes[0] <= 24
-    assert sizes == sorted(sizes, reverse=True)
-    assert {k: r.choices for k, r in pruned.items()} == {k: r.choices for k, r in expected.items()}
+    spy(engine, wrap)
+    results = run_all(engine, reqs)
+    stopped = sum(r.choices[0].finish_reason == "stop" for r in results.values())
+    assert 0 < stopped < 24
+    # Each step runs only the rows still generating.
+    assert sizes == sorted(sizes, reverse=True) and sizes[-1] < sizes[0] <= 24
+    assert sum(sizes) == sum(r.completion_tokens for r in results.values()) - 24
+    for req in reqs[:6]:
+        assert results[req.key].choices == alone(engine, req).choices
+
+
+@pytest.mark.parametrize("sampled", [False, True])
+def test_rows_admitted_into_a_running_batch_give_the_same_text(
+    tiny: LoadedModel, make_engine: EngineFactory, sampled: bool
+) -> None:
+    params: dict[str, Any] = {"max_new_tokens": 30}
+    if sampled:
+        params |= {"do_sample": True, "temperature": 0.9, "top_k": 40, "top_p": 0.9}
+    reqs = [
+        request(str(i), p, seed=i if sampled else None, **params)
+        for i, p in enumerate(varied_prompts(20))
+    ]
+    engine = make_engine(tiny, max_batch_size=6)
+    events: list[tuple[str, int]] = []
+
+    def wrap(real: Forward, rows: Sequence[Row], args: tuple[Any, ...]) -> torch.Tensor:
+        events.append(("step" if args[0].shape[1] == 1 else "prefill", len(rows)))
+        return real(rows, *args)
+
+    spy(engine, wrap)
+    results = run_all(engine, reqs)
+    steps = [i for i, (kind, _) in enumerate(events) if kind == "step"]
+    late = [i for i, (kind, _) in enumerate(events) if kind == "prefill" and i > steps[0]]
+    assert late, "rows joined the batch while it ran"
+    assert max(n for kind, n in events if kind == "step") == 6
+    solo = make_engine(tiny, max_batch_size=1)
+    for req in reqs:
+        assert results[req.key].choices == alone(solo, req).choices, req.key
+
+
+TEMPLATE = (
+    "Answer in one short sentence. Here are worked examples.\n"
+    + "".join(f"Question: what is {n} plus {n}? Answer: {2 * n}.\n" for n in range(12))
+)
+
+
+@pytest.mark.parametrize("model", ["tiny", "smol"])
+def test_a_shared_prefix_is_prefilled_once_and_changes_nothing(
+    model: str, request: pytest.FixtureRequest, make_engine: EngineFactory
+) -> None:
+    loaded: LoadedModel = request.getfixturevalue(model)
+    items = [f"Question: what is {n} times {n + 1}? Answer:" for n in range(10)]
+    reqs = [
+        GenRequest(str(i), parse_params({"max_new_tokens": 10}), TEMPLATE + item)
+        for i, item in enumerate(items)
+    ]
+    reuse = make_engine(loaded)
+    prefilled: list[int] = []
+    real = reuse.prefill_prefix
+
+    def prefill_prefix(tokens: Sequence[int]) -> Any:
+        prefilled.append(len(tokens))
+        return real(tokens)
+
+    reuse.prefill_prefix = prefill_prefix  # type: ignore[method-assign]
+    shared = run_all(reuse, reqs)
+    assert len(prefilled) == 1 and prefilled[0] >= 64  # one prefix, for all ten
+    plain = run_all(make_engine(loaded, prefix_cache_tokens=0), reqs)
+    assert {k: r.choices for k, r in shared.items()} == {k: r.choices for k, r in plain.items()}
+    # A later window finds the prefix kept and prefills only the item.
+    again = run_all(reuse, reqs[:1])
+    assert len(prefilled) == 1 and again["0"].choices == plain["0"].choices

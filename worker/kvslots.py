@@ -1,0 +1,108 @@
+"""The KV cache of a decode batch: one slot per row, all in buffers allocated up front.
+
+Every layer keeps keys and values as ``(slots, kv_heads, capacity, head_dim)``. A row owns one
+slot; its tokens sit right-aligned at the batch's current column (so every row writes its next
+token into the same column). A shared prompt prefix is not in the slots: it is kept once, and
+attention reads it for every row that starts with it. Rows join and leave without copying the
+cache: a finished row's slot is reused by the next admitted row; only a relayout (``moved``)
+copies the live columns of the rows that stay.
+
+Positions are explicit (``position_ids``), never read from a column index, so a row's columns
+can move. The buffers start as zeros: attention masks columns out, and a masked column must
+still hold a finite number (0 x NaN is NaN).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import Cache, DynamicLayer
+
+
+@dataclass
+class Write:
+    """Where the new keys and values of the forward being run go."""
+
+    slots: torch.Tensor  # decode: (rows,) each row's slot; prefill: (tokens,) each token's
+    column: int | None = None  # decode: every row's one new token goes to this column
+    columns: torch.Tensor | None = None  # prefill: (tokens,) each token's column
+    # prefill: a shared prefix's keys and values per layer, (kv_heads, length, head_dim), that
+    # the packed prompts attend to ahead of their own tokens
+    prefix: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+
+class SlotCache(Cache):
+    def __init__(self, layers: int, slots: int, capacity: int, device: torch.device) -> None:
+        super().__init__(layers=[DynamicLayer() for _ in range(layers)])
+        self.slots = slots
+        self.capacity = capacity  # columns per slot
+        self.device = device
+        self.keys: list[torch.Tensor | None] = [None] * layers
+        self.values: list[torch.Tensor | None] = [None] * layers
+        self.write: Write | None = None
+
+    def update(  # type: ignore[override]
+        self,
+        key_states: torch.Tensor,  # decode (rows, kv_heads, 1, head_dim); prefill (1, ..., tokens, ...)
+        value_states: torch.Tensor,
+        layer_idx: int,
+        *args: object,
+        **kwargs: object,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        keys, values = self._buffers(layer_idx, key_states)
+        w = self.write
+        assert w is not None, "the engine names where a forward writes"
+        if w.column is not None:
+            keys[w.slots, :, w.column] = key_states[:, :, 0]
+            values[w.slots, :, w.column] = value_states[:, :, 0]
+            return keys, values
+        # Prompts packed into one sequence: each token to its row's slot and column (indexing
+        # (slots, :, columns) puts the indexed dim first: (tokens, kv_heads, head_dim)).
+        assert w.columns is not None
+        keys[w.slots, :, w.columns] = key_states[0].transpose(0, 1)
+        values[w.slots, :, w.columns] = value_states[0].transpose(0, 1)
+        if w.prefix is None:
+            return key_states, value_states
+        k, v = w.prefix[layer_idx]
+        return torch.cat([k[None], key_states], dim=2), torch.cat([v[None], value_states], dim=2)
+
+    def _buffers(self, layer: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        keys, values = self.keys[layer], self.values[layer]
+        if keys is None or values is None:
+            shape = (self.slots, like.shape[1], self.capacity, like.shape[3])
+            keys = torch.zeros(shape, dtype=like.dtype, device=like.device)
+            values = torch.zeros(shape, dtype=like.dtype, device=like.device)
+            self.keys[layer], self.values[layer] = keys, values
+        return keys, values
+
+    def copy_columns(self, source: int, target: int, start: int, end: int) -> None:
+        """Slot ``target`` gets slot ``source``'s columns [start, end) (a row with the same
+        prompt as one just prefilled)."""
+        for keys, values in self._layers():
+            keys[target, :, start:end] = keys[source, :, start:end]
+            values[target, :, start:end] = values[source, :, start:end]
+
+    def move(self, source: torch.Tensor, target: torch.Tensor, start: int, end: int) -> None:
+        """Slots ``target`` get slots ``source``'s columns [start, end) (read before written,
+        so the two may overlap)."""
+        for keys, values in self._layers():
+            keys[target, :, start:end] = keys[source, :, start:end]
+            values[target, :, start:end] = values[source, :, start:end]
+
+    def moved(
+        self, rows: Sequence[tuple[int, int, int]], slots: int, capacity: int, column: int
+    ) -> SlotCache:
+        """A new cache of ``slots`` x ``capacity`` holding, for each ``(slot, start, end)`` in
+        ``rows``, those columns in slot ``i`` (the row's index), right-aligned at ``column``."""
+        fresh = SlotCache(len(self.keys), slots, capacity, self.device)
+        for index, (keys, values) in enumerate(self._layers()):
+            new_keys, new_values = fresh._buffers(index, keys)
+            for target, (slot, start, end) in enumerate(rows):
+                new_keys[target, :, column - (end - start) : column] = keys[slot, :, start:end]
+                new_values[target, :, column - (end - start) : column] = values[slot, :, start:end]
+        return fresh
+
+    def _layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [(k, v) for k, v in zip(self.keys, self.values, strict=True) if k is not None and v is not None]
