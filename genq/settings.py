@@ -95,8 +95,10 @@ class Settings(BaseSettings):
     device: str = "auto"
     max_batch_tokens: int = Field(default=DEFAULT_MAX_BATCH_TOKENS, ge=1)
     max_batch_size: int = Field(default=DEFAULT_MAX_BATCH_SIZE, ge=1)
-    # Decode-step cost in tokens for the batch planner; None picks one for the device.
-    batch_step_cost: int | None = Field(default=None, ge=0)
+    # Weights' and activations' dtype: "auto" is bfloat16 on a GPU and float32 on a CPU. Any
+    # other than float32 changes texts against float32 (greedy output stays the same alone or
+    # in any batch).
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     lease_seconds: float = Field(default=DEFAULT_LEASE_SECONDS, gt=0)
     max_attempts: int = Field(default=DEFAULT_MAX_ATTEMPTS, ge=1)
     reannounce_seconds: float = Field(default=DEFAULT_REANNOUNCE_SECONDS, gt=0)

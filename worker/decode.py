@@ -191,7 +191,7 @@ class DecodeBatch:
         self.last[target] = self.last[source]
         if self.seen is not None:
             self.seen[target] = self.seen[source]
-        for row, i in moves:
+        for row, _ in moves:
             self.rows[row.slot] = None
         for row, i in moves:
             row.slot = i
@@ -236,9 +236,9 @@ class DecodeBatch:
                 columns=slice(first, self.column + 1),
                 mask=None
                 if starts is None
-                else (
-                    torch.arange(first, self.column + 1, device=self.device) >= starts[:, None]
-                )[:, None, None, :],
+                else (torch.arange(first, self.column + 1, device=self.device) >= starts[:, None])[
+                    :, None, None, :
+                ],
                 prefix=prefix.kv if prefix is not None else None,
             )
             for rows, slots, first, starts, prefix in self._spans
@@ -310,7 +310,9 @@ class DecodeBatch:
 
     def _pick(self, logits: torch.Tensor, rows: Sequence[Row]) -> list[int]:
         scores = logits.float()  # (rows, vocab)
-        short = [i for i, row in enumerate(rows) if len(row.tokens) < (row.params.min_new_tokens or 0)]
+        short = [
+            i for i, row in enumerate(rows) if len(row.tokens) < (row.params.min_new_tokens or 0)
+        ]
         if short and self.eos:
             scores[torch.tensor(short)[:, None], torch.tensor(self.eos)] = float("-inf")
         if any(row.params.repetition_penalty is not None for row in rows):

@@ -73,7 +73,9 @@ class Engine:
         if any(kind != "full_attention" for kind in getattr(config, "layer_types", None) or []):
             raise ModelUnavailable(f"{loaded.name}: sliding-window attention is not supported")
         if not attention.install(loaded.model):
-            raise ModelUnavailable(f"{loaded.name}: genq's engine needs a model with SDPA attention")
+            raise ModelUnavailable(
+                f"{loaded.name}: genq's engine needs a model with SDPA attention"
+            )
         self.layers = int(config.num_hidden_layers)
         self._planned = attention.PLANNED.to(loaded.device)
 
@@ -166,7 +168,7 @@ class Engine:
         cache = DynamicCache(config=self.loaded.model.config)
         with torch.inference_mode():
             self.loaded.model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
-        return [(layer.keys[0], layer.values[0]) for layer in cache.layers]  # type: ignore[index]
+        return [(layer.keys[0], layer.values[0]) for layer in cache.layers]  # type: ignore[union-attr,index]
 
     def new_batch(self, shape: planner.Layout) -> DecodeBatch:
         loaded = self.loaded
@@ -366,8 +368,12 @@ class _Run:
             return
         self.failing = not isinstance(exc, OUT_OF_MEMORY)
         half = max(1, len(units) // 2)
-        log.info("%s of %d requests failed (%s); halving", "prefill" if chunk else "step",
-                 len(units), reason)
+        log.info(
+            "%s of %d requests failed (%s); halving",
+            "prefill" if chunk else "step",
+            len(units),
+            reason,
+        )
         if chunk:
             self.max_chunk = half
         else:

@@ -45,7 +45,8 @@ class SlotCache(Cache):
 
     def update(  # type: ignore[override]
         self,
-        key_states: torch.Tensor,  # decode (rows, kv_heads, 1, head_dim); prefill (1, ..., tokens, ...)
+        # decode: (rows, kv_heads, 1, head_dim); prefill: (1, kv_heads, tokens, head_dim)
+        key_states: torch.Tensor,
         value_states: torch.Tensor,
         layer_idx: int,
         *args: object,
@@ -105,4 +106,8 @@ class SlotCache(Cache):
         return fresh
 
     def _layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return [(k, v) for k, v in zip(self.keys, self.values, strict=True) if k is not None and v is not None]
+        return [
+            (k, v)
+            for k, v in zip(self.keys, self.values, strict=True)
+            if k is not None and v is not None
+        ]

@@ -93,7 +93,7 @@ class StopWatch:
         self.window = 4 * max(len(s) for s in stops) + 4
 
     def hit(self, tokens: Sequence[int]) -> bool:
-        tail = self.tokenizer.decode(tokens[-self.window :], skip_special_tokens=True)
+        tail = self.tokenizer.decode(list(tokens[-self.window :]), skip_special_tokens=True)
         return any(stop in tail for stop in self.stops)
 
 

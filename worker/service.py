@@ -113,11 +113,7 @@ def model_engine(settings: Settings, model: str) -> Callable[[], Generator]:
         from worker.engine import Engine
         from worker.models import load_model
 
-        engine = Engine(
-            load_model(model, settings),
-            max_batch_tokens=settings.max_batch_tokens,
-            max_batch_size=settings.max_batch_size,
-        )
+        engine = Engine.from_settings(load_model(model, settings), settings)
         # torch, transformers and the model live as long as the process: hundreds of thousands
         # of objects that each full collection would walk again, 100-300 ms with every thread
         # of the process stopped (the embedded API's too). Frozen, the collector skips them.

@@ -1,4 +1,4 @@
-"""The decode-time pieces under the engine: the preallocated cache and spanned attention."""
+"""The decode-time pieces under the engine: the slot cache and attention over it."""
 
 from __future__ import annotations
 
@@ -6,67 +6,107 @@ import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from worker import attention
-from worker.kvcache import PreallocatedLayer, stack_left_padded
+from worker.kvslots import SlotCache, Write
 
 
-def test_preallocated_layer_grows_in_place_and_selects_rows() -> None:
-    keys, values = torch.randn(3, 2, 5, 4), torch.randn(3, 2, 5, 4)
-    layer = PreallocatedLayer(keys, values, capacity=7)
-    step_k, step_v = torch.randn(3, 2, 1, 4), torch.randn(3, 2, 1, 4)
-    out_k, out_v = layer.update(step_k, step_v)
-    assert torch.equal(out_k, torch.cat([keys, step_k], dim=2))
-    assert torch.equal(out_v, torch.cat([values, step_v], dim=2))
-    assert layer.get_seq_length() == 6
-    buffer = layer._keys
-    layer.update(step_k, step_v)
-    assert layer._keys is buffer  # within capacity: written in place, no new buffer
-    layer.update(step_k, step_v)  # past capacity: grows
-    assert layer.get_seq_length() == 8
-    assert torch.equal(layer.keys[:, :, :5], keys)
-    layer.batch_select_indices(torch.tensor([2, 0]))
-    assert torch.equal(layer.keys[:, :, :5], keys[[2, 0]])
-    layer.batch_repeat_interleave(2)
-    assert layer.keys.shape[0] == 4
-    assert torch.equal(layer.values[1, :, :5], values[2])
+def test_decode_writes_one_column_per_row_in_its_slot() -> None:
+    cache = SlotCache(1, slots=4, capacity=6, device=torch.device("cpu"))
+    k, v = torch.randn(2, 2, 1, 3), torch.randn(2, 2, 1, 3)
+    cache.write = Write(slots=torch.tensor([3, 1]), column=4)
+    keys, values = cache.update(k, v, 0)
+    assert keys.shape == (4, 2, 6, 3)
+    assert torch.equal(keys[3, :, 4], k[0, :, 0]) and torch.equal(values[1, :, 4], v[1, :, 0])
+    assert keys[[0, 2]].abs().sum() == 0 and keys[:, :, :4].abs().sum() == 0
 
 
-def test_stack_left_padded_pads_each_chunk_on_the_left() -> None:
-    a, b = torch.ones(2, 1, 3, 2), torch.full((1, 1, 5, 2), 2.0)
-    stacked = stack_left_padded([a, b], 6)
-    assert stacked.shape == (3, 1, 6, 2)
-    assert stacked[:2, :, :3].abs().sum() == 0 and torch.equal(stacked[:2, :, 3:], a)
-    assert stacked[2, :, 0].abs().sum() == 0 and torch.equal(stacked[2:, :, 1:], b)
+def test_packed_prefill_writes_each_token_to_its_row_and_column() -> None:
+    cache = SlotCache(1, slots=3, capacity=5, device=torch.device("cpu"))
+    k, v = torch.randn(1, 2, 3, 4), torch.randn(1, 2, 3, 4)  # rows of 2 and 1 tokens, packed
+    cache.write = Write(slots=torch.tensor([2, 2, 0]), columns=torch.tensor([3, 4, 4]))
+    keys, _ = cache.update(k, v, 0)
+    assert keys is k  # attention reads the packed keys themselves
+    assert torch.equal(cache.keys[0][2, :, 3:5], k[0, :, :2])  # type: ignore[index]
+    assert torch.equal(cache.keys[0][0, :, 4], k[0, :, 2])  # type: ignore[index]
+    prefix = [(torch.randn(2, 7, 4), torch.randn(2, 7, 4))]
+    cache.write = Write(slots=torch.tensor([1]), columns=torch.tensor([2]), prefix=prefix)
+    keys, values = cache.update(k[:, :, :1], v[:, :, :1], 0)
+    assert keys.shape == (1, 2, 8, 4) and torch.equal(values[0, :, :7], prefix[0][1])
+
+
+def test_moving_rows_keeps_their_columns() -> None:
+    cache = SlotCache(2, slots=4, capacity=6, device=torch.device("cpu"))
+    k, v = torch.randn(4, 1, 1, 2), torch.randn(4, 1, 1, 2)
+    for column in range(6):
+        cache.write = Write(slots=torch.arange(4), column=column)
+        for layer in range(2):
+            cache.update(k + column, v - column, layer)
+    before = [t.clone() for t in cache.keys if t is not None]
+    cache.move(torch.tensor([2, 3]), torch.tensor([0, 1]), 1, 6)  # overlapping: read first
+    for layer, old in enumerate(before):
+        assert torch.equal(cache.keys[layer][:2, :, 1:], old[2:, :, 1:])  # type: ignore[index]
+    moved = cache.moved([(3, 2, 6), (0, 4, 6)], slots=2, capacity=8, column=5)
+    assert torch.equal(moved.keys[1][0, :, 1:5], before[1][3, :, 2:6])  # type: ignore[index]
+    assert torch.equal(moved.values[0][1, :, 3:5], cache.values[0][0, :, 4:6])  # type: ignore[index]
+    assert moved.keys[0][:, :, 5:].abs().sum() == 0  # type: ignore[index]
 
 
 def test_spans_cover_every_row_once_and_start_at_their_first_real_column() -> None:
-    first_real = [90, 90, 88, 60, 59, 2, 0]
+    first_real = [900, 900, 880, 600, 590, 20, 0]
     spans = attention.plan_spans(first_real)
     assert spans[0][0] == 0 and spans[-1][1] == len(first_real)
     assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
     for start, end, column in spans:
         assert column == min(first_real[start:end])
-    assert len(spans) > 1  # rows that start 90 columns apart are not read as one
+    assert len(spans) > 1  # rows that start 900 columns apart are not read as one
     assert attention.plan_spans([5, 5, 5]) == ((0, 3, 5),)
 
 
 class _Module(torch.nn.Module):
     num_key_value_groups = 3
     is_causal = True
+    layer_idx = 0
 
 
-def test_spanned_attention_equals_plain_sdpa_on_a_padded_batch() -> None:
+def test_span_attention_equals_plain_sdpa_on_the_rows_columns() -> None:
     torch.manual_seed(0)
     rows, width = 6, 20
     first_real = [15, 14, 14, 8, 3, 0]
     query = torch.randn(rows, 6, 1, 16)
-    key, value = torch.randn(rows, 2, width, 16), torch.randn(rows, 2, width, 16)
+    key, value = torch.randn(rows + 2, 2, width, 16), torch.randn(rows + 2, 2, width, 16)
     mask = torch.arange(width).unsqueeze(0) >= torch.tensor(first_real).unsqueeze(1)
-    mask = mask[:, None, None, :]
-    plain, _ = sdpa_attention_forward(_Module(), query, key, value, mask)
-    spans = ((0, 3, 14), (3, 4, 8), (4, 6, 0))
-    with attention.row_spans(spans):
-        spanned, _ = attention.spanned_sdpa(_Module(), query, key, value, mask)
+    plain, _ = sdpa_attention_forward(_Module(), query, key[1:7], value[1:7], mask[:, None, None])
+    spans = tuple(
+        attention.Span(
+            rows=slice(a, b),
+            slots=slice(a + 1, b + 1),  # the rows live in slots 1..6
+            columns=slice(column, width),
+            mask=mask[a:b, None, None, column:],
+        )
+        for a, b, column in ((0, 3, 14), (3, 4, 8), (4, 6, 0))
+    )
+    with attention.planned(spans):
+        spanned, _ = attention.slot_sdpa(_Module(), query, key, value, None)
     torch.testing.assert_close(spanned, plain, rtol=1e-5, atol=1e-6)
-    # Outside row_spans (and for prefill, several query positions) it is plain SDPA.
-    alone, _ = attention.spanned_sdpa(_Module(), query, key, value, mask)
+    # Outside planned it is plain SDPA.
+    alone, _ = attention.slot_sdpa(_Module(), query, key[1:7], value[1:7], mask[:, None, None])
     assert torch.equal(alone, plain)
+
+
+def test_attention_after_a_shared_prefix_equals_attention_over_both() -> None:
+    torch.manual_seed(1)
+    rows, own, shared = 4, 9, 12
+    query = torch.randn(rows, 6, 1, 16)
+    prefix = [(torch.randn(2, shared, 16), torch.randn(2, shared, 16))]
+    key, value = torch.randn(rows, 2, own, 16), torch.randn(rows, 2, own, 16)
+    starts = torch.tensor([0, 3, 5, 2])
+    mask = (torch.arange(own)[None] >= starts[:, None])[:, None, None]
+    full_key = torch.cat([prefix[0][0].expand(rows, -1, -1, -1), key], dim=2)
+    full_value = torch.cat([prefix[0][1].expand(rows, -1, -1, -1), value], dim=2)
+    full_mask = torch.cat([torch.ones(rows, 1, 1, shared, dtype=torch.bool), mask], dim=-1)
+    plain, _ = sdpa_attention_forward(_Module(), query, full_key, full_value, full_mask)
+    span = attention.Span(
+        rows=slice(0, rows), slots=slice(0, rows), columns=slice(0, own), mask=mask, prefix=prefix
+    )
+    with attention.planned((span,)):
+        after, _ = attention.slot_sdpa(_Module(), query, key, value, None)
+    torch.testing.assert_close(after, plain, rtol=1e-5, atol=1e-6)

@@ -276,9 +276,8 @@ def test_rows_admitted_into_a_running_batch_give_the_same_text(
         assert results[req.key].choices == alone(solo, req).choices, req.key
 
 
-TEMPLATE = (
-    "Answer in one short sentence. Here are worked examples.\n"
-    + "".join(f"Question: what is {n} plus {n}? Answer: {2 * n}.\n" for n in range(12))
+TEMPLATE = "Answer in one short sentence. Here are worked examples.\n" + "".join(
+    f"Question: what is {n} plus {n}? Answer: {2 * n}.\n" for n in range(12)
 )
 
 

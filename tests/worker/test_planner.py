@@ -1,92 +1,48 @@
 from __future__ import annotations
 
-from worker.planner import Batch, PlanItem, estimated_work, plan, split
+from worker.planner import chunk_size, layout, shared_prefixes, should_admit
 
 
-def item(key: str, length: int, group: str = "g", new: int = 10, rows: int = 1) -> PlanItem:
-    return PlanItem(key=key, group=group, prompt_tokens=length, max_new_tokens=new, rows=rows)
+def test_layout_fits_the_longest_prompt_and_the_live_rows_within_the_budget() -> None:
+    shape = layout(
+        live_lengths=[], longest_prompt=100, max_new_tokens=50, max_rows=64, max_tokens=10_000
+    )
+    assert (shape.column, shape.capacity) == (100, 200)
+    assert shape.slots == 10_000 // 201  # the token budget, not the row cap, binds here
+    roomy = layout(
+        live_lengths=[150, 20], longest_prompt=100, max_new_tokens=50, max_rows=8, max_tokens=10**6
+    )
+    assert (roomy.column, roomy.capacity, roomy.slots) == (150, 250, 8)
+    tight = layout(
+        live_lengths=[10] * 5, longest_prompt=10, max_new_tokens=10, max_rows=64, max_tokens=60
+    )
+    assert tight.slots == 5  # never fewer slots than live rows
 
 
-def test_groups_never_share_a_batch() -> None:
-    items = [item("a", 5, "g1"), item("b", 5, "g2"), item("c", 6, "g1")]
-    batches = plan(items, max_batch_tokens=10_000, max_batch_size=64)
-    assert sorted((b.group, [i.key for i in b.items]) for b in batches) == [
-        ("g1", ["a", "c"]),
-        ("g2", ["b"]),
-    ]
+def test_a_running_batch_admits_once_enough_slots_are_free() -> None:
+    assert should_admit(free=8, slots=8, live=0)
+    assert should_admit(free=1, slots=8, live=7)  # 1/8 free
+    assert not should_admit(free=1, slots=64, live=63)
+    assert should_admit(free=8, slots=64, live=56)
+    assert not should_admit(free=0, slots=8, live=8)
 
 
-def test_sorted_by_length_within_a_group() -> None:
-    items = [item("long", 50), item("short", 3), item("mid", 20)]
-    (batch,) = plan(items, max_batch_tokens=10_000, max_batch_size=64)
-    assert [i.key for i in batch.items] == ["short", "mid", "long"]
-    assert batch.padded_length == 50
-    assert batch.cost == 3 * (50 + 10)
+def test_a_prefill_takes_what_the_free_slots_and_the_token_budget_allow() -> None:
+    assert chunk_size([10, 10, 10, 10], free=3, max_tokens=1000) == 3
+    assert chunk_size([10, 20, 30, 40], free=10, max_tokens=60) == 3
+    assert chunk_size([500, 10], free=10, max_tokens=100) == 1  # a long prompt goes alone
+    assert chunk_size([10], free=0, max_tokens=100) == 0
+    assert chunk_size([], free=4, max_tokens=100) == 0
 
 
-def test_token_budget_cuts_batches() -> None:
-    items = [item(str(n), 10) for n in range(10)]  # each row costs 10 + 10 = 20
-    batches = plan(items, max_batch_tokens=60, max_batch_size=64)
-    assert [len(b.items) for b in batches] == [3, 3, 3, 1]
-    assert all(b.cost <= 60 for b in batches)
-
-
-def test_budget_counts_padding_to_the_longest() -> None:
-    items = [item("a", 10), item("b", 10), item("c", 40)]
-    batches = plan(items, max_batch_tokens=60, max_batch_size=64)
-    # a+b cost 2 x 20 = 40; adding c would cost 3 x 50 = 150
-    assert [[i.key for i in b.items] for b in batches] == [["a", "b"], ["c"]]
-
-
-def test_row_cap_counts_return_sequences() -> None:
-    items = [item(str(n), 1, rows=3) for n in range(5)]
-    batches = plan(items, max_batch_tokens=10_000, max_batch_size=7)
-    assert [b.rows for b in batches] == [6, 6, 3]
-
-
-def test_an_item_over_budget_still_gets_its_own_batch() -> None:
-    batches = plan([item("huge", 1000), item("small", 1)], max_batch_tokens=50, max_batch_size=8)
-    assert [[i.key for i in b.items] for b in batches] == [["small"], ["huge"]]
-
-
-def test_every_item_planned_exactly_once() -> None:
-    items = [item(f"k{n}", (n * 37) % 101 + 1, f"g{n % 3}") for n in range(500)]
-    batches = plan(items, max_batch_tokens=2_000, max_batch_size=16)
-    keys = [i.key for b in batches for i in b.items]
-    assert sorted(keys) == sorted(i.key for i in items)
-    assert all(b.rows <= 16 for b in batches)
-    assert all(b.cost <= 2_000 for b in batches if len(b.items) > 1)
-
-
-def test_prompt_efficiency_and_split() -> None:
-    batch = Batch("g", (item("a", 2), item("b", 4), item("c", 6), item("d", 8)))
-    assert batch.prompt_efficiency == (2 + 4 + 6 + 8) / (4 * 8)
-    first, second = split(batch)
-    assert [i.key for i in first.items] == ["a", "b"]
-    assert [i.key for i in second.items] == ["c", "d"]
-
-
-def test_long_prompts_are_not_padded_into_short_ones() -> None:
-    items = [item(f"s{n}", 10) for n in range(16)] + [item("l1", 2000), item("l2", 1900)]
-    batches = plan(items, max_batch_tokens=1_000_000, max_batch_size=64, step_cost=16)
-    assert sorted(sorted(i.key for i in b.items) for b in batches) == [
-        ["l1", "l2"],
-        [f"s{n}" for n in sorted(range(16), key=str)],
-    ]
-
-
-def test_a_high_step_cost_packs_everything_that_fits() -> None:
-    items = [item(f"s{n}", 10) for n in range(16)] + [item("l1", 500)]
-    (batch,) = plan(items, max_batch_tokens=1_000_000, max_batch_size=64, step_cost=100_000)
-    assert batch.rows == 17
-
-
-def test_plan_work_is_no_worse_than_greedy_packing() -> None:
-    items = [item(f"k{n}", (n * 37) % 211 + 5, new=32) for n in range(200)]
-    planned = plan(items, max_batch_tokens=20_000, max_batch_size=32, step_cost=16)
-    greedy = [sorted(items, key=lambda i: i.prompt_tokens)[n : n + 32] for n in range(0, 200, 32)]
-
-    def work(batches: list[list[PlanItem]]) -> int:
-        return sum(estimated_work(len(b), max(i.prompt_tokens for i in b), 32, 16) for b in batches)
-
-    assert work([list(b.items) for b in planned]) < work(greedy)
+def test_shared_prefixes_are_whole_blocks_that_two_prompts_or_a_kept_one_share() -> None:
+    template = list(range(100))
+    prompts = [template + [1000 + i, 7] for i in range(3)] + [list(range(500, 600))]
+    lengths = shared_prefixes(prompts, block=16, min_tokens=32)
+    assert lengths == [96, 96, 96, 0]  # 6 whole blocks of the 100 shared tokens; 0 for the odd one
+    assert shared_prefixes([template + [5]], block=16, min_tokens=32) == [0]  # alone: nothing
+    kept = frozenset({tuple(template[:64])})
+    assert shared_prefixes([template + [5]], known=kept, block=16, min_tokens=32) == [64]
+    # At least one token is left to prefill; a short shared part is not worth it.
+    assert shared_prefixes([template[:32]] * 2, block=16, min_tokens=16) == [16, 16]
+    assert shared_prefixes([template[:40]] * 2, block=16, min_tokens=64) == [0, 0]
