@@ -362,7 +362,10 @@ class DecodeBatch:
                 and live[j].prefix is live[i].prefix
             ):
                 j += 1
-            for a, b, first in attention.plan_spans([row.start for row in live[i:j]]):
+            firsts = [row.start for row in live[i:j]]
+            # Rows after a shared prefix stay one span: each span reads the whole prefix.
+            cuts = ((0, j - i, min(firsts)),) if live[i].prefix else attention.plan_spans(firsts)
+            for a, b, first in cuts:
                 starts = self._starts_t[i + a : i + b]
                 mask = None if bool((starts == first).all()) else starts.to(self.device)
                 slots = slice(live[i + a].slot, live[i + b - 1].slot + 1)

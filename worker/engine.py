@@ -162,12 +162,24 @@ class Engine:
             )
         return out.logits[:, -1, :] if keep is None else out.logits[0]
 
-    def prefill_prefix(self, tokens: Sequence[int]) -> KV:
-        """Keys and values of a shared prefix, prefilled on its own (plain causal attention)."""
-        ids = torch.tensor([list(tokens)], device=self.loaded.device)
+    def prefill_prefix(self, tokens: Sequence[int], after: Prefix | None = None) -> KV:
+        """Keys and values of a shared prefix, prefilled on its own (plain causal attention);
+        after ``after`` (a shorter prefix it starts with), only the rest is computed."""
+        device = self.loaded.device
         cache = DynamicCache(config=self.loaded.model.config)
+        start = 0
         with torch.inference_mode():
-            self.loaded.model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
+            if after is not None:
+                start = len(after.tokens)
+                for index, (k, v) in enumerate(after.kv):
+                    cache.update(k[None], v[None], index)
+            self.loaded.model(
+                input_ids=torch.tensor([list(tokens[start:])], device=device),
+                position_ids=torch.arange(start, len(tokens), device=device)[None],
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
         return [(layer.keys[0], layer.values[0]) for layer in cache.layers]  # type: ignore[union-attr,index]
 
     def new_batch(self, shape: planner.Layout) -> DecodeBatch:
@@ -199,7 +211,9 @@ class PrefixStore:
     def get(self, tokens: tuple[int, ...], engine: Engine) -> Prefix:
         prefix = self._entries.get(tokens)
         if prefix is None:
-            prefix = Prefix(tokens, engine.prefill_prefix(tokens))
+            shorter = [p for k, p in self._entries.items() if tokens[: len(k)] == k]
+            after = max(shorter, key=lambda p: len(p.tokens), default=None)
+            prefix = Prefix(tokens, engine.prefill_prefix(tokens, after))
             self._entries[tokens] = prefix
         self._entries.move_to_end(tokens)
         while self._entries and sum(len(t) for t in self._entries) > self.capacity:
@@ -421,7 +435,8 @@ class _Run:
             return
         prompts = [unit[0].ids for unit in self.requests]
         lengths = planner.shared_prefixes(prompts, known=store.known)
-        for unit, length in zip(self.requests, lengths, strict=True):
+        # Shorter prefixes first: a longer one that starts with one is computed on top of it.
+        for length, unit in sorted(zip(lengths, self.requests, strict=True), key=lambda p: p[0]):
             if length:
                 prefix = store.get(tuple(unit[0].ids[:length]), self.engine)
                 for row in unit:

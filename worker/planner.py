@@ -68,9 +68,11 @@ def shared_prefixes(
     min_tokens: int = MIN_PREFIX_TOKENS,
 ) -> list[int]:
     """For each prompt, how many of its first tokens to take from a shared prefix (0: none):
-    the longest whole-block prefix that another prompt here starts with too, or that is
-    ``known`` (already prefilled). At least one token is always left to prefill, whose logits
-    give the first new token."""
+    the longest whole-block prefix that at least half the prompts sharing its first
+    ``min_tokens`` share too (two at least), or that is ``known`` (already prefilled). Fewer,
+    widely shared prefixes beat many nested ones: each distinct prefix is read on its own at
+    every decode step. At least one token is always left to prefill, whose logits give the first
+    new token."""
     counts: dict[tuple[int, ...], int] = {}
     for prompt in prompts:
         for end in range(block, len(prompt), block):
@@ -78,13 +80,16 @@ def shared_prefixes(
             counts[head] = counts.get(head, 0) + 1
     known_lengths = sorted({len(k) for k in known}, reverse=True)
     lengths = []
+    first = -(-min_tokens // block) * block  # the first block end at or past min_tokens
     for prompt in prompts:
         best = 0
-        for end in range(block, len(prompt), block):
-            if counts[tuple(prompt[:end])] < 2:
-                break
-            best = end
+        if first < len(prompt):
+            enough = max(2, counts[tuple(prompt[:first])] // 2)
+            for end in range(first, len(prompt), block):
+                if counts[tuple(prompt[:end])] < enough:
+                    break
+                best = end
         kept = (n for n in known_lengths if n < len(prompt) and tuple(prompt[:n]) in known)
         best = max(best, next(kept, 0))
-        lengths.append(best if best >= min_tokens else 0)
+        lengths.append(best)
     return lengths

@@ -295,9 +295,9 @@ def test_a_shared_prefix_is_prefilled_once_and_changes_nothing(
     prefilled: list[int] = []
     real = reuse.prefill_prefix
 
-    def prefill_prefix(tokens: Sequence[int]) -> Any:
+    def prefill_prefix(tokens: Sequence[int], *args: Any) -> Any:
         prefilled.append(len(tokens))
-        return real(tokens)
+        return real(tokens, *args)
 
     reuse.prefill_prefix = prefill_prefix  # type: ignore[method-assign]
     shared = run_all(reuse, reqs)
