@@ -33,6 +33,7 @@ ALL=(
   "openvino-cb-f32|short tail prefix||$P/ov/bin/python|$ROOT/bench/peers/openvino_precision.py --precision f32 --api cb --ov-model $OV"
   "openvino-cb-f32-apc|prefix||$P/ov/bin/python|$ROOT/bench/peers/openvino_precision.py --precision f32 --api cb --prefix-caching --ov-model $OV"
   "vllm-cpu|short tail prefix||$P/vllm/bin/python|peer_vllm.py"
+  "genq-run|short tail prefix||$ROOT/.venv/bin/python|$ROOT/bench/peers/peer_genq_run.py"
   "genq-engine-bf16|short|GENQ_DTYPE=bfloat16|$ROOT/.venv/bin/python|peer_genq.py"
   "openvino-cb-bf16|short||$P/ov/bin/python|$ROOT/bench/peers/openvino_precision.py --precision bf16 --api cb --ov-model $OV"
 )

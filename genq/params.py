@@ -20,9 +20,20 @@ MAX_STOP_CHARS = 256
 MAX_RETURN_SEQUENCES = 16
 SAMPLING_ONLY = ("temperature", "top_k", "top_p", "seed")
 
-# Fields that change each row on its own (a seed, stop strings) rather than the whole batch's
-# computation, so requests that differ only in them can share a batch.
-PER_ROW_FIELDS = frozenset({"seed", "stop"})
+# Fields that change each row on its own (a seed, stop strings, how it samples or penalises)
+# rather than the whole batch's computation, so requests that differ only in them share a batch.
+PER_ROW_FIELDS = frozenset(
+    {
+        "seed",
+        "stop",
+        "temperature",
+        "top_k",
+        "top_p",
+        "repetition_penalty",
+        "no_repeat_ngram_size",
+        "min_new_tokens",
+    }
+)
 
 
 class GenerationParams(BaseModel):

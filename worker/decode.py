@@ -159,10 +159,14 @@ class DecodeBatch:
         self._order = None
 
     def relayout(self, slots: int, capacity: int, column: int) -> None:
-        """Move the live rows into slots 0.. of a new cache, right-aligned at ``column``."""
+        """Move the live rows into slots 0.., right-aligned at ``column``: in place when the
+        cache keeps its shape, else into a new one of ``slots`` x ``capacity``."""
         live = self.live
         keep = [(row.slot, row.start, self.column) for row in live]
-        self.cache = self.cache.moved(keep, slots, capacity, column)
+        if (slots, capacity) == (self.slots, self.cache.capacity):
+            self.cache.shift(keep, column)
+        else:
+            self.cache = self.cache.moved(keep, slots, capacity, column)
         index = torch.tensor([row.slot for row in live], dtype=torch.long, device=self.device)
         last = torch.zeros(slots, dtype=torch.long, device=self.device)
         last[: len(live)] = self.last[index]
@@ -326,8 +330,12 @@ class DecodeBatch:
             if row.bans is not None and (banned := row.bans.banned()):
                 scores[i, banned] = float("-inf")
         picked = scores.argmax(-1)
-        sampled = [i for i, row in enumerate(rows) if row.generator is not None]
-        if sampled:
+        settings: dict[tuple[float | None, int | None, float | None], list[int]] = {}
+        for i, row in enumerate(rows):
+            if row.generator is not None:
+                p = row.params
+                settings.setdefault((p.temperature, p.top_k, p.top_p), []).append(i)
+        for sampled in settings.values():  # rows that sample alike, warped together
             index = torch.tensor(sampled, device=self.device)
             warped = warp(scores[index], rows[sampled[0]].params)
             generators = [rows[i].generator for i in sampled]

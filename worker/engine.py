@@ -22,7 +22,7 @@ from transformers import DynamicCache
 
 from genq.errors import InvalidRequest, ModelUnavailable
 from genq.params import GenerationParams
-from worker import attention, planner
+from worker import attention, linear, planner
 from worker.decode import KV, DecodeBatch, Prefix, Row
 from worker.kvslots import SlotCache
 from worker.sampling import cut_at_stop, row_seed
@@ -63,6 +63,7 @@ class Engine:
         max_batch_size: int,
         prefill_tokens: int = DEFAULT_PREFILL_TOKENS,
         prefix_cache_tokens: int = DEFAULT_PREFIX_CACHE_TOKENS,
+        packed_linear: bool = True,
     ) -> None:
         self.loaded = loaded
         self.max_batch_tokens = max_batch_tokens
@@ -78,6 +79,8 @@ class Engine:
             )
         self.layers = int(config.num_hidden_layers)
         self._planned = attention.PLANNED.to(loaded.device)
+        if loaded.device.type == "cpu" and packed_linear:
+            linear.pack(loaded.model)
 
     @classmethod
     def from_settings(cls, loaded: LoadedModel, settings: Settings, **overrides: Any) -> Engine:
@@ -239,7 +242,6 @@ class _Run:
     since: float = 0.0
     steps: int = 0
     row_steps: int = 0
-    prompt_tokens: int = 0
 
     def __post_init__(self) -> None:
         self.max_rows = self.engine.max_batch_size
@@ -253,6 +255,7 @@ class _Run:
         while self.pending or (self.batch is not None and self.batch.live):
             if self._admit():
                 continue  # admit as many chunks as there are free slots before stepping
+            assert self.batch is not None and self.batch.live, "a request that never fits"
             self._step()
             if len(self.results) * 2 >= self.max_rows or (
                 self.results and time.perf_counter() - self.since >= REPORT_SECONDS
@@ -273,8 +276,9 @@ class _Run:
             free=batch.free, slots=batch.slots, live=live
         ):
             return False
-        batch = self._room_for(self.pending[0][0])
-        free = min(batch.free, self.max_rows - len(batch.live))
+        batch = self._room_for(self.pending[0])
+        # A request's return sequences join together, however many the row cap allows.
+        free = min(batch.free, max(self.max_rows, len(self.pending[0])) - len(batch.live))
         if free <= 0:
             return False
         units: list[list[Row]] = []
@@ -305,14 +309,13 @@ class _Run:
                 row.reset()
             self._failed(units, exc, chunk=True)
             return True
-        self.prompt_tokens += sum(lengths[:take])
         self._advance(rows, firsts)
         return True
 
-    def _room_for(self, row: Row) -> DecodeBatch:
-        """The batch, laid out anew if ``row`` (the next to join) does not fit as it is."""
+    def _room_for(self, unit: list[Row]) -> DecodeBatch:
+        """The batch, laid out anew if ``unit`` (the next request to join) does not fit."""
         batch = self.batch
-        if batch is not None and batch.fits(row):
+        if batch is not None and batch.fits(unit[0]) and batch.slots >= len(unit):
             return batch
         live = batch.live if batch is not None else []
         longest = max(len(unit[0].own) for unit in self.pending)
@@ -320,10 +323,18 @@ class _Run:
             live_lengths=[batch.column - r.start for r in live] if batch else [],
             longest_prompt=longest,
             max_new_tokens=max(unit[0].params.max_new_tokens for unit in self.pending),
-            max_rows=self.max_rows,
+            max_rows=max(self.max_rows, len(unit)),
             max_tokens=self.engine.max_batch_tokens,
+            min_rows=len(unit),
         )
-        if batch is None or not live:
+        if (
+            batch is not None
+            and shape.slots <= batch.slots
+            and shape.capacity <= batch.cache.capacity
+        ):
+            # What is allocated is big enough: keep it (allocating is a full write of the cache).
+            batch.relayout(batch.slots, batch.cache.capacity, shape.column)
+        elif batch is None or not live:
             self.batch = self.engine.new_batch(shape)
         else:
             batch.relayout(shape.slots, shape.capacity, shape.column)
@@ -426,7 +437,7 @@ class _Run:
             seconds=now - self.since,
             results=results,
         )
-        self.since, self.steps, self.row_steps, self.prompt_tokens = now, 0, 0, 0
+        self.since, self.steps, self.row_steps = now, 0, 0
         return report
 
     def _find_prefixes(self) -> None:

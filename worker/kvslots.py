@@ -92,6 +92,16 @@ class SlotCache(Cache):
             keys[target, :, start:end] = keys[source, :, start:end]
             values[target, :, start:end] = values[source, :, start:end]
 
+    def shift(self, rows: Sequence[tuple[int, int, int]], column: int) -> None:
+        """In place: for each ``(slot, start, end)`` in ``rows`` (by slot), those columns into
+        slot ``i`` (the row's index), right-aligned at ``column``. Rows only move to lower or
+        equal slots, so each is read before anything is written over it."""
+        for keys, values in self._layers():
+            for target, (slot, start, end) in enumerate(rows):
+                first = column - (end - start)
+                keys[target, :, first:column] = keys[slot, :, start:end].clone()
+                values[target, :, first:column] = values[slot, :, start:end].clone()
+
     def moved(
         self, rows: Sequence[tuple[int, int, int]], slots: int, capacity: int, column: int
     ) -> SlotCache:

@@ -35,13 +35,15 @@ def layout(
     max_new_tokens: int,
     max_rows: int,
     max_tokens: int,
+    min_rows: int = 1,
 ) -> Layout:
     """A cache for rows of prompts up to ``longest_prompt`` tokens and ``max_new_tokens`` new
     ones, keeping rows that already hold ``live_lengths`` tokens. Room for twice the new tokens
-    after the column, so rows admitted later fit for a while before the next relayout."""
+    after the column, so rows admitted later fit for a while before the next relayout. Never
+    fewer slots than the live rows plus ``min_rows`` (the next request's return sequences)."""
     column = max([longest_prompt, *live_lengths])
     capacity = column + 2 * max_new_tokens
-    slots = max(len(live_lengths), 1, min(max_rows, max_tokens // (capacity + 1)))
+    slots = max(len(live_lengths) + min_rows, min(max_rows, max_tokens // (capacity + 1)))
     return Layout(slots=slots, capacity=capacity, column=column)
 
 

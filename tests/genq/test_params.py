@@ -39,8 +39,9 @@ def test_stop_accepts_a_single_string() -> None:
 
 def test_group_key_ignores_per_row_fields_only() -> None:
     base = parse_params({"do_sample": True, "top_k": 5, "seed": 1, "stop": "x"})
-    same = parse_params({"do_sample": True, "top_k": 5, "seed": 2})
-    other = parse_params({"do_sample": True, "top_k": 6, "seed": 1})
+    same = parse_params({"do_sample": True, "top_k": 6, "top_p": 0.5, "seed": 2})
+    other = parse_params({"do_sample": True, "top_k": 5, "seed": 1, "num_return_sequences": 2})
     assert base.group_key() == same.group_key()
     assert base.group_key() != other.group_key()
+    assert base.group_key() != parse_params({}).group_key()  # greedy
     assert parse_params({}).group_key() != parse_params({"max_new_tokens": 65}).group_key()

@@ -48,6 +48,10 @@ def test_moving_rows_keeps_their_columns() -> None:
     assert torch.equal(moved.keys[1][0, :, 1:5], before[1][3, :, 2:6])  # type: ignore[index]
     assert torch.equal(moved.values[0][1, :, 3:5], cache.values[0][0, :, 4:6])  # type: ignore[index]
     assert moved.keys[0][:, :, 5:].abs().sum() == 0  # type: ignore[index]
+    kept = [t.clone() for t in cache.keys if t is not None]
+    cache.shift([(1, 3, 6), (3, 1, 6)], column=5)  # in place, columns moving left
+    assert torch.equal(cache.keys[0][0, :, 2:5], kept[0][1, :, 3:6])  # type: ignore[index]
+    assert torch.equal(cache.keys[1][1, :, 0:5], kept[1][3, :, 1:6])  # type: ignore[index]
 
 
 def test_spans_cover_every_row_once_and_start_at_their_first_real_column() -> None:

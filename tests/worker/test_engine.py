@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from genq.params import parse_params
+from worker import linear
 from worker.decode import Row
 from worker.engine import Engine
 from worker.models import LoadedModel
@@ -307,3 +308,56 @@ def test_a_shared_prefix_is_prefilled_once_and_changes_nothing(
     # A later window finds the prefix kept and prefills only the item.
     again = run_all(reuse, reqs[:1])
     assert len(prefilled) == 1 and again["0"].choices == plain["0"].choices
+
+
+def test_rows_that_sample_and_penalise_differently_share_a_batch(
+    tiny: LoadedModel, make_engine: EngineFactory
+) -> None:
+    prompts = varied_prompts(6)
+    reqs = [
+        request("a", prompts[0], do_sample=True, seed=1, temperature=0.7, max_new_tokens=16),
+        request("b", prompts[1], do_sample=True, seed=2, top_k=8, max_new_tokens=16),
+        request("c", prompts[2], do_sample=True, seed=3, top_p=0.8, max_new_tokens=16),
+        request("d", prompts[3], do_sample=True, seed=4, repetition_penalty=1.3, max_new_tokens=16),
+        request("e", prompts[4], do_sample=True, seed=5, min_new_tokens=12, max_new_tokens=16),
+        request("f", prompts[5], do_sample=True, seed=6, no_repeat_ngram_size=2, max_new_tokens=16),
+    ]
+    assert len({r.params.group_key() for r in reqs}) == 1
+    reports = list(make_engine(tiny).run(reqs))
+    assert max(r.rows for r in reports) == 6  # one batch
+    together = {r.key: r for rep in reports for r in rep.results}
+    for req in reqs:
+        assert together[req.key].choices == alone(make_engine(tiny), req).choices, req.key
+    assert together["e"].choices[0].completion_tokens >= 12
+
+
+def test_more_return_sequences_than_the_row_cap_still_run_together(
+    tiny: LoadedModel, make_engine: EngineFactory
+) -> None:
+    req = request("n", "Once upon a time", do_sample=True, seed=9, num_return_sequences=4)
+    other = request("o", "The river", max_new_tokens=8)
+    results = run_all(make_engine(tiny, max_batch_size=2), [req, other])
+    assert len(results["n"].choices) == 4 and results["o"].ok
+    assert results["n"].choices == alone(make_engine(tiny), req).choices
+
+
+def test_packed_linear_layers_keep_greedy_texts_and_batch_invariance(
+    smol: LoadedModel, make_engine: EngineFactory
+) -> None:
+    if not linear.available():
+        pytest.skip("torch has no oneDNN here")
+    engine = make_engine(smol)  # packs the model's linear layers on the CPU
+    packed = sum(isinstance(m, linear.PackedLinear) for m in smol.model.modules())
+    if smol.device.type == "cpu":
+        assert packed >= 7 * smol.model.config.num_hidden_layers
+    reqs = [request(str(i), p, max_new_tokens=10) for i, p in enumerate(varied_prompts(12))]
+    batched = run_all(engine, reqs)
+    for req in reqs[:4]:
+        enc = smol.tokenizer(req.prompt, return_tensors="pt").to(smol.device)
+        with torch.inference_mode():  # transformers' own generate, on the packed layers too
+            out = smol.model.generate(
+                **enc, max_new_tokens=10, do_sample=False, pad_token_id=smol.pad_token_id
+            )
+        text = smol.tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        assert batched[req.key].choices[0].text == text
+        assert batched[req.key].choices == alone(engine, req).choices

@@ -16,7 +16,11 @@ def test_layout_fits_the_longest_prompt_and_the_live_rows_within_the_budget() ->
     tight = layout(
         live_lengths=[10] * 5, longest_prompt=10, max_new_tokens=10, max_rows=64, max_tokens=60
     )
-    assert tight.slots == 5  # never fewer slots than live rows
+    assert tight.slots == 6  # never fewer slots than live rows and the next one
+    sequences = layout(
+        live_lengths=[], longest_prompt=10, max_new_tokens=10, max_rows=2, max_tokens=60, min_rows=4
+    )
+    assert sequences.slots == 4  # a request's return sequences join together
 
 
 def test_a_running_batch_admits_once_enough_slots_are_free() -> None:
