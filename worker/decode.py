@@ -219,8 +219,11 @@ class DecodeBatch:
         self._order = None
         run = list(firsts.values())
         logits = self._prefill(run)
-        for row, same in copies:
-            self.cache.copy_columns(same.slot, row.slot, row.start, self.column)
+        if copies:  # rows with the same prompt as one just prefilled: the same columns
+            source = torch.tensor([same.slot for _, same in copies], device=self.device)
+            target = torch.tensor([row.slot for row, _ in copies], device=self.device)
+            first = min(row.start for row, _ in copies)
+            self.cache.move(source, target, first, self.column)
         where = {id(row): i for i, row in enumerate(run)}
         logits = logits[[where[id(same)] for same in (dict(copies).get(r, r) for r in rows)]]
         for row in rows:
@@ -249,7 +252,7 @@ class DecodeBatch:
         )
         logits = self.forward(live, ids, positions, self.cache, spans, None)
         self.column += 1
-        return self._pick(logits, live)
+        return self._pick(logits, live, self._slots_t)
 
     def _prefill(self, rows: Sequence[Row]) -> torch.Tensor:
         """The rows' own prompt tokens packed into one sequence (no padding): each token sees
@@ -312,7 +315,11 @@ class DecodeBatch:
             self.seen[row.slot] = False
             self.seen[row.slot, torch.tensor(row.ids, device=self.device)] = True
 
-    def _pick(self, logits: torch.Tensor, rows: Sequence[Row]) -> list[int]:
+    def _pick(
+        self, logits: torch.Tensor, rows: Sequence[Row], slots: torch.Tensor | None = None
+    ) -> list[int]:
+        if slots is None:
+            slots = torch.tensor([row.slot for row in rows], device=self.device)
         scores = logits.float()  # (rows, vocab)
         short = [
             i for i, row in enumerate(rows) if len(row.tokens) < (row.params.min_new_tokens or 0)
@@ -321,7 +328,6 @@ class DecodeBatch:
             scores[torch.tensor(short)[:, None], torch.tensor(self.eos)] = float("-inf")
         if any(row.params.repetition_penalty is not None for row in rows):
             assert self.seen is not None
-            slots = torch.tensor([row.slot for row in rows], device=self.device)
             penalty = torch.tensor(
                 [[row.params.repetition_penalty or 1.0] for row in rows], device=self.device
             )
@@ -340,7 +346,6 @@ class DecodeBatch:
             warped = warp(scores[index], rows[sampled[0]].params)
             generators = [rows[i].generator for i in sampled]
             picked[index] = draw(warped, generators)  # type: ignore[arg-type]
-        slots = torch.tensor([row.slot for row in rows], device=self.device)
         self.last[slots] = picked
         if self.seen is not None:
             self.seen[slots, picked] = True

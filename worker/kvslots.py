@@ -78,13 +78,6 @@ class SlotCache(Cache):
             self.keys[layer], self.values[layer] = keys, values
         return keys, values
 
-    def copy_columns(self, source: int, target: int, start: int, end: int) -> None:
-        """Slot ``target`` gets slot ``source``'s columns [start, end) (a row with the same
-        prompt as one just prefilled)."""
-        for keys, values in self._layers():
-            keys[target, :, start:end] = keys[source, :, start:end]
-            values[target, :, start:end] = values[source, :, start:end]
-
     def move(self, source: torch.Tensor, target: torch.Tensor, start: int, end: int) -> None:
         """Slots ``target`` get slots ``source``'s columns [start, end) (read before written,
         so the two may overlap)."""

@@ -189,10 +189,8 @@ def test_a_request_that_fails_alone_gets_an_error(
     engine = make_engine(tiny)
     reqs = [request(str(i), p, max_new_tokens=6) for i, p in enumerate(varied_prompts(6))]
     expected = run_all(engine, reqs)
-    sizes: list[int] = []
 
     def wrap(real: Forward, rows: Sequence[Row], args: tuple[Any, ...]) -> torch.Tensor:
-        sizes.append(len(rows))
         if any(row.key == "2" for row in rows):
             raise MemoryError("injected")
         return real(rows, *args)
