@@ -8,10 +8,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from genq.errors import GenqError, InvalidRequest, ModelNotFound
+from genq.errors import GenqError, InvalidRequest, ModelNotFound, QuotaExceeded
 from genq.intake.bodies import first_error
 
-TYPES = {401: "authentication_error", 404: "not_found_error", 409: "conflict_error"}
+TYPES = {
+    401: "authentication_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    429: "rate_limit_error",
+}
 
 
 def error_response(
@@ -33,6 +38,8 @@ def _genq(_request: Request, exc: Exception) -> JSONResponse:
     param = exc.field or None if isinstance(exc, InvalidRequest) else None
     if isinstance(exc, ModelNotFound):
         param = "model"
+    if isinstance(exc, QuotaExceeded):
+        return error_response(429, str(exc), headers={"Retry-After": str(exc.retry_after)})
     return error_response(exc.status_code, str(exc), param=param)
 
 

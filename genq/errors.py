@@ -62,3 +62,14 @@ class NotFound(GenqError):
     """No such file or batch for this tenant (another tenant's reads as missing)."""
 
     status_code = 404
+
+
+class QuotaExceeded(GenqError):
+    """A submit that would take the tenant over one of its limits; nothing of it is stored.
+    ``retry_after`` is a hint, in seconds, of when to try again."""
+
+    status_code = 429
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from genq.errors import Conflict, NotFound
 from genq.intake import ENDPOINTS
+from genq.intake.bodies import metadata_priority
 from genq.outputs import render
 from genq.producer import Publisher, submit_job
 from genq.settings import Settings
@@ -42,6 +43,7 @@ def create_batch(
     """A batch of the file's lines: valid ones run as one job, each bad one is listed in the
     batch's ``errors`` (its line, field and ``custom_id``) and its error file. The batch row
     and its job are stored in one transaction."""
+    priority = metadata_priority(metadata)
     served = served_models(sessions)
     read = read_upload(
         sessions, settings, tenant=tenant, file_id=input_file_id, served=served, endpoint=endpoint
@@ -97,6 +99,7 @@ def create_batch(
         params=first,
         requests=requests,
         metadata={BATCH_TAG: batch_id},
+        priority=priority,
         settings=settings,
         with_job=insert_row,
     )

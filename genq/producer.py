@@ -20,6 +20,7 @@ from genq.params import GenerationParams
 from genq.settings import Settings, get_settings
 from genq.store import Announcement, NewRequest, create_job, mark_announced, pending_announcements
 from genq.store.reconcile import DEFAULT_REAP_LIMIT
+from genq.store.shares import check_quota, default_limits
 from genq.store.tables import MAX_NAME_LENGTH
 
 if TYPE_CHECKING:
@@ -104,6 +105,7 @@ def submit_job(
     params: GenerationParams,
     requests: Sequence[NewRequest],
     metadata: dict[str, Any] | None = None,
+    priority: int = 0,
     settings: Settings | None = None,
     with_job: Callable[[Session, str], None] | None = None,
 ) -> str:
@@ -111,7 +113,9 @@ def submit_job(
     them. Returns the job id once it is stored, whether or not the queue took the messages.
     With no publisher (the embedded mode, whose worker claims straight from the database) the
     job is only stored. ``with_job(session, job_id)`` runs in the job's transaction: what it
-    writes (an OpenAI batch's row) is stored with the job or not at all."""
+    writes (an OpenAI batch's row) is stored with the job or not at all. A job that would take
+    its tenant over a quota (``settings``' defaults, or the tenant's own) is refused with
+    :class:`QuotaExceeded` and nothing is stored."""
     check_name("model", model)
     check_name("tenant", tenant)
     with sessions.begin() as session:
@@ -122,7 +126,9 @@ def submit_job(
             params=params,
             requests=requests,
             metadata=metadata,
+            priority=priority,
         )
+        check_quota(session, tenant=tenant, defaults=default_limits(settings or get_settings()))
         if with_job is not None:
             with_job(session, job_id)
     log.info(

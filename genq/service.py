@@ -62,6 +62,7 @@ def submit(
         params=params,
         requests=requests,
         metadata=body.metadata,
+        priority=body.priority,
         settings=settings,
     )
 

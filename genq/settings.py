@@ -112,6 +112,16 @@ class Settings(BaseSettings):
     max_prompt_chars: int = Field(default=DEFAULT_MAX_PROMPT_CHARS, ge=1)
     key_cache_seconds: float = Field(default=DEFAULT_KEY_CACHE_SECONDS, ge=0)
     job_cache_seconds: float = Field(default=DEFAULT_JOB_CACHE_SECONDS, ge=0)
+    # Fair sharing (genq.fairshare): a tenant's weight against the others, and how much it may
+    # have accepted and not finished, in requests and in estimated tokens (prompt plus
+    # max_new_tokens, times return sequences); unset is no limit. `genq tenants set` overrides
+    # each per tenant.
+    tenant_weight: float = Field(default=1.0, gt=0)
+    max_queued_requests: int | None = Field(default=None, ge=0)
+    max_queued_tokens: int | None = Field(default=None, ge=0)
+    # "fair" shares each claim window between tenants and jobs; "oldest" takes the oldest
+    # requests first (for comparison: one large job then holds every worker until it is done).
+    claim_order: Literal["fair", "oldest"] = "fair"
     # Long-running commands (worker, serve, api, reconcile) log text lines, or JSON lines that
     # carry job, request, batch and worker ids as fields (genq.logs).
     log_format: Literal["text", "json"] = "text"

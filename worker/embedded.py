@@ -24,5 +24,5 @@ def drain(rt: Runtime, *, job_id: str | None = None) -> int:
         claims = claim_any(rt, job_id=job_id)
         if not claims:
             break
-        written += run_claims(rt, claims)
+        written += run_claims(rt, claims, share=job_id is None)
     return written

@@ -13,7 +13,7 @@ import logging
 import secrets
 import time
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -123,9 +123,10 @@ class Engine:
             )
         return list(ids)
 
-    def run(self, requests: Iterable[GenRequest]) -> Iterator[BatchReport]:
+    def run(self, requests: Iterable[GenRequest]) -> EngineRun:
         """Yields a report each time a share of the requests has finished (and one for
-        requests refused before any ran)."""
+        requests refused before any ran). Between reports, :meth:`EngineRun.withdraw` takes
+        back requests that have not started."""
         groups: dict[str, list[list[Row]]] = {}
         refused: list[GenResult] = []
         for request in requests:
@@ -137,10 +138,7 @@ class Engine:
             seeds = _seeds(request.params)
             rows = [Row(request, i, ids, seed) for i, seed in enumerate(seeds)]
             groups.setdefault(request.params.group_key(), []).append(rows)
-        if refused:
-            yield BatchReport("", tuple(r.key for r in refused), 0, 0, 1.0, 0.0, tuple(refused))
-        for group in sorted(groups):
-            yield from _Run(self, group, groups[group]).reports()
+        return EngineRun(self, groups, refused)
 
     def forward(
         self,
@@ -198,6 +196,58 @@ class Engine:
             pad_id=loaded.pad_token_id,
             device=loaded.device,
         )
+
+
+class EngineRun:
+    """One window's requests through the engine, a parameter set at a time: an iterator of
+    reports that can also give back requests not started yet."""
+
+    def __init__(
+        self, engine: Engine, groups: dict[str, list[list[Row]]], refused: list[GenResult]
+    ) -> None:
+        self._engine = engine
+        self._groups = groups
+        self._refused = refused
+        self._current: _Run | None = None
+        self._reports = self._run()
+
+    def __iter__(self) -> EngineRun:
+        return self
+
+    def __next__(self) -> BatchReport:
+        return next(self._reports)
+
+    def close(self) -> None:
+        self._reports.close()
+
+    def withdraw(self, keys: Iterable[str]) -> set[str]:
+        """Take back the requests of ``keys`` that have not started generating; returns those
+        taken (a request already in the decode batch runs on to its end)."""
+        wanted = set(keys)
+        taken: set[str] = set()
+        queues: list[deque[list[Row]] | list[list[Row]]] = list(self._groups.values())
+        if self._current is not None:
+            queues.append(self._current.pending)
+        for queue in queues:
+            kept = [unit for unit in queue if unit[0].key not in wanted]
+            if len(kept) < len(queue):
+                taken |= {unit[0].key for unit in queue if unit[0].key in wanted}
+                queue.clear()
+                queue.extend(kept)
+        return taken
+
+    def _run(self) -> Generator[BatchReport, None, None]:
+        if self._refused:
+            keys = tuple(r.key for r in self._refused)
+            yield BatchReport("", keys, 0, 0, 1.0, 0.0, tuple(self._refused))
+        while self._groups:
+            group = min(self._groups)
+            units = self._groups.pop(group)
+            if not units:
+                continue
+            self._current = _Run(self._engine, group, units)
+            yield from self._current.reports()
+            self._current = None
 
 
 class PrefixStore:

@@ -14,7 +14,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from collections.abc import Generator as _GeneratorType
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -29,12 +28,16 @@ from genq.store import (
     Choice,
     Claim,
     Outcome,
+    any_claimable,
+    cancel_claims,
+    cancelling_jobs,
     claim,
     complete_many,
     record_batch,
     release,
     renew,
     session_factory,
+    unstarted_job,
 )
 from genq.store.db import make_engine as make_db_engine
 from genq.store.tables import utcnow
@@ -145,14 +148,22 @@ def handle_message(rt: Runtime, *, model: str, group_key: str, request_ids: Sequ
     try:
         while not rt.stopping.is_set():
             with rt.sessions.begin() as session:
-                claims = _claim(rt, session, request_ids=request_ids)
-                if claims and len(claims) < rt.window:
-                    claims += _claim(
-                        rt, session, group_key=group_key, limit=rt.window - len(claims)
-                    )
+                if rt.settings.claim_order == "oldest":
+                    claims = _claim(rt, session, request_ids=request_ids)
+                    if claims and len(claims) < rt.window:
+                        more = rt.window - len(claims)
+                        claims += _claim(rt, session, group_key=group_key, limit=more)
+                elif any_claimable(
+                    session, request_ids=request_ids, max_attempts=rt.settings.max_attempts
+                ):
+                    # The message is a hint that there is work; what runs is what the fair
+                    # rule picks, so a flood of one job's messages cannot starve another job.
+                    claims = _claim(rt, session)
+                else:
+                    claims = []
             if not claims:
                 break
-            written += run_claims(rt, claims)
+            written += run_claims(rt, claims, share=True)
     finally:
         rt.idle_since = time.monotonic()
     return written
@@ -160,7 +171,7 @@ def handle_message(rt: Runtime, *, model: str, group_key: str, request_ids: Sequ
 
 def claim_any(rt: Runtime, *, job_id: str | None = None) -> list[Claim]:
     """A window of whatever is claimable for the runtime's model (of ``job_id`` only, if given),
-    oldest first: the embedded worker's way in."""
+    shared by the fair rule: the embedded worker's way in."""
     with rt.sessions.begin() as session:
         return _claim(rt, session, job_id=job_id)
 
@@ -184,11 +195,18 @@ def _claim(
         job_id=job_id,
         limit=limit or rt.window,
         max_attempts=rt.settings.max_attempts,
+        order=rt.settings.claim_order,
+        default_weight=rt.settings.tenant_weight,
     )
 
 
-def run_claims(rt: Runtime, claims: Sequence[Claim]) -> int:
+def run_claims(rt: Runtime, claims: Sequence[Claim], *, share: bool = False) -> int:
     """Run claimed requests and write their outcomes; returns how many were written.
+
+    Between batches the worker drops the claims of jobs cancelled meanwhile that have not
+    started, and with ``share`` (a worker serving every job of its model, not one job's run)
+    gives back the unstarted rest of its window when a job that no worker has started arrives,
+    so the next window is picked fairly with it.
 
     A request claimed before by a worker that never reported (attempts > 1) is a suspect: it
     may be what killed that worker. One suspect runs alone, after the others; the rest go back
@@ -198,7 +216,7 @@ def run_claims(rt: Runtime, claims: Sequence[Claim]) -> int:
     suspects = [c for c in claims if c.attempts > 1]
     _release(rt, suspects[1:])
     alone = {c.request_id: c for c in suspects[:1]}
-    written = _execute(rt, fresh, waiting=alone)  # its lease is kept while the others run
+    written = _execute(rt, fresh, waiting=alone, share=share)  # its lease is kept meanwhile
     if rt.stopping.is_set():
         _release(rt, list(alone.values()))
         return written
@@ -206,7 +224,11 @@ def run_claims(rt: Runtime, claims: Sequence[Claim]) -> int:
 
 
 def _execute(
-    rt: Runtime, claims: Sequence[Claim], *, waiting: dict[str, Claim] | None = None
+    rt: Runtime,
+    claims: Sequence[Claim],
+    *,
+    waiting: dict[str, Claim] | None = None,
+    share: bool = False,
 ) -> int:
     """Run ``claims`` through the engine, writing batch by batch. ``waiting`` claims run
     later; their leases are renewed with these (one lost meanwhile is dropped from it)."""
@@ -226,6 +248,7 @@ def _execute(
         return written
     renewed_at = time.monotonic()
     reports = rt.engine.run(requests)
+    withdraw: Callable[[Iterable[str]], set[str]] | None = getattr(reports, "withdraw", None)
     try:
         for report in reports:
             if time.monotonic() - renewed_at > rt.settings.lease_seconds * RENEW_FRACTION:
@@ -238,12 +261,57 @@ def _execute(
                 rt.on_batch(report)
             if rt.stopping.is_set() or not held:  # nothing left that is still ours to write
                 break
+            if withdraw is not None:
+                share = _between_batches(rt, held, withdraw, share=share)
     finally:
-        if isinstance(reports, _GeneratorType):
-            reports.close()
+        close = getattr(reports, "close", None)
+        if close is not None:
+            close()
         # Stopped between batches, or failed: what did not run goes back, its attempt returned.
         _release(rt, list(held.values()))
     return written
+
+
+def _between_batches(
+    rt: Runtime,
+    held: dict[str, Claim],
+    withdraw: Callable[[Iterable[str]], set[str]],
+    *,
+    share: bool,
+) -> bool:
+    """After a batch: take back from the engine the unstarted claims of cancelled jobs (and
+    cancel them), and with ``share``, when a job no worker has started is waiting, every
+    unstarted claim (released, for the next fair pick). Returns whether to look again."""
+    jobs = sorted({c.job_id for c in held.values()})
+    with rt.sessions.begin() as session:
+        cancelled = cancelling_jobs(session, jobs)
+        newcomer = unstarted_job(session, model=rt.model, besides=jobs) if share else None
+    if cancelled:
+        taken = withdraw([k for k, c in held.items() if c.job_id in cancelled])
+        if taken:
+            items = [(k, held[k].fence) for k in sorted(taken)]
+            with rt.sessions.begin() as session:
+                cancel_claims(session, worker_id=rt.worker_id, held=items)
+            for key in taken:
+                held.pop(key, None)  # cancelled, or taken over meanwhile: not ours either way
+            log.info(
+                "dropped %d unstarted requests of cancelled jobs %s",
+                len(taken),
+                sorted(cancelled),
+                extra={"worker_id": rt.worker_id, "job_ids": sorted(cancelled)},
+            )
+    if newcomer is None:
+        return share
+    taken = withdraw(list(held))
+    if taken:
+        log.info(
+            "job %s is waiting: %d unstarted claims go back for a fair pick",
+            newcomer,
+            len(taken),
+            extra={"worker_id": rt.worker_id, "job_id": newcomer},
+        )
+        _release(rt, [held.pop(key) for key in sorted(taken)])
+    return False
 
 
 def _write(

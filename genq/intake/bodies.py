@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
 
 from genq.errors import InvalidRequest
+from genq.fairshare import MAX_PRIORITY, MIN_PRIORITY
 from genq.intake.jsontext import field_path
 from genq.params import params_schema
 from genq.store.tables import MAX_CUSTOM_ID_LENGTH, MAX_NAME_LENGTH
@@ -73,6 +74,25 @@ class JobCreate(BaseModel):
     requests: list[RequestIn] | None = None
     input_file_id: str | None = Field(default=None, min_length=1, max_length=64)
     metadata: Metadata = None
+    # Orders the tenant's jobs: a higher priority runs first; a lower one still moves.
+    priority: int = Field(default=0, ge=MIN_PRIORITY, le=MAX_PRIORITY)
+
+
+def metadata_priority(metadata: Mapping[str, str] | None, *, field: str = "metadata") -> int:
+    """An OpenAI batch's priority, from its ``metadata`` key ``priority`` (a string, as every
+    metadata value): an integer from MIN_PRIORITY to MAX_PRIORITY; 0 when absent."""
+    raw = (metadata or {}).get("priority")
+    if raw is None:
+        return 0
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        value = MAX_PRIORITY + 1
+    if not MIN_PRIORITY <= value <= MAX_PRIORITY:
+        raise InvalidRequest(
+            f"{field}.priority", f"must be an integer from {MIN_PRIORITY} to {MAX_PRIORITY}"
+        )
+    return value
 
 
 class BatchCreate(BaseModel):

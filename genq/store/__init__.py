@@ -6,10 +6,16 @@ transaction per unit of work with ``with sessions.begin() as session: ...``."""
 from __future__ import annotations
 
 from genq.store.batches import list_batches, record_batch
-from genq.store.claims import claim, complete, complete_many, release
+from genq.store.claims import any_claimable, claim, complete, complete_many, release
 from genq.store.db import make_engine, session_factory, upgrade
 from genq.store.jobs import cancel_job, create_job, find_job, get_job, list_results
-from genq.store.leases import release_orphans, renew
+from genq.store.leases import (
+    cancel_claims,
+    cancelling_jobs,
+    release_orphans,
+    renew,
+    unstarted_job,
+)
 from genq.store.reconcile import mark_announced, pending_announcements, reap
 from genq.store.records import (
     Announcement,
@@ -38,7 +44,10 @@ __all__ = [
     "ReapReport",
     "RequestStatus",
     "ResultRow",
+    "any_claimable",
+    "cancel_claims",
     "cancel_job",
+    "cancelling_jobs",
     "check_transition",
     "claim",
     "complete",
@@ -57,5 +66,6 @@ __all__ = [
     "release_orphans",
     "renew",
     "session_factory",
+    "unstarted_job",
     "upgrade",
 ]

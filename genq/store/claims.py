@@ -8,15 +8,17 @@ since on PostgreSQL the claimed rows stay locked until then."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import ColumnElement, and_, insert, or_, select, update
 from sqlalchemy.orm import Session
 
+from genq.fairshare import pick
 from genq.settings import DEFAULT_MAX_ATTEMPTS
 from genq.store.records import Claim, Outcome
+from genq.store.shares import backlogs, tenant_weights
 from genq.store.status import JobStatus, RequestStatus, sources
 from genq.store.tables import Job, Request, Result, utcnow
 from genq.store.tally import PLAIN, Tally, apply_tallies, cancel_requests
@@ -49,15 +51,18 @@ def claim(
     job_id: str | None = None,
     limit: int = DEFAULT_CLAIM_LIMIT,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    order: Literal["fair", "oldest"] = "fair",
+    default_weight: float = 1.0,
     now: datetime | None = None,
 ) -> list[Claim]:
-    """Take up to ``limit`` requests of ``model``: those named in ``request_ids`` (a queue
-    message), or with ``None`` any claimable ones, expired leases first, then oldest first (the
-    embedded worker). ``group_key`` and ``job_id`` narrow either to one parameter set (a worker
-    filling its planning window with company for a message's requests) or one job. Requests
-    another worker holds or that have finished are left out, so a duplicate message claims
-    nothing. A job's first claim also moves it to running; two first claims of one job wait for
-    each other there (not on the requests)."""
+    """Take up to ``limit`` requests of ``model``: those named in ``request_ids``, or with
+    ``None`` any claimable ones: expired leases first, then as the fair rule shares the window
+    between tenants (by their weights, ``default_weight`` where a tenant has none of its own)
+    and their jobs (see genq.fairshare), or with ``order``
+    "oldest" oldest first. ``group_key`` and ``job_id`` narrow either to one parameter set
+    (oldest first within it) or one job. Requests another worker holds or that have finished
+    are left out, so a duplicate message claims nothing. A job's first claim also moves it to
+    running; two first claims of one job wait for each other there (not on the requests)."""
     now = now or utcnow()
     kinds = claimable_kinds(now=now, max_attempts=max_attempts)
     scope = [Request.model == model]
@@ -69,9 +74,19 @@ def claim(
         named = Request.id.in_(list(request_ids))
         ids = _pick(session, and_(named, *scope, or_(*kinds)), limit=limit)
     else:
-        ids = []
-        for kind in kinds:
-            ids += _pick(session, and_(*scope, kind), limit=limit - len(ids))
+        expired, queued = kinds
+        ids = _pick(session, and_(*scope, expired), limit=limit)
+        if order == "fair" and group_key is None:
+            ids += _pick_fair(
+                session,
+                model=model,
+                job_id=job_id,
+                queued=queued,
+                limit=limit - len(ids),
+                default_weight=default_weight,
+            )
+        else:
+            ids += _pick(session, and_(*scope, queued), limit=limit - len(ids))
     if not ids:
         return []
     rows = session.execute(
@@ -131,6 +146,24 @@ def claim(
         )
         for row in rows
     ]
+
+
+def any_claimable(
+    session: Session,
+    *,
+    request_ids: Sequence[str],
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    now: datetime | None = None,
+) -> bool:
+    """Whether any of ``request_ids`` could be claimed now: what keeps a worker on a queue
+    message, which names its requests only as a hint."""
+    if not request_ids:
+        return False
+    kinds = claimable_kinds(now=now or utcnow(), max_attempts=max_attempts)
+    found = session.scalar(
+        select(Request.id).where(Request.id.in_(list(request_ids)), or_(*kinds)).limit(1)
+    )
+    return found is not None
 
 
 def complete(
@@ -247,7 +280,51 @@ def release(
     return True
 
 
-def _pick(session: Session, where: ColumnElement[bool], *, limit: int) -> list[str]:
+FAIR_ROUNDS = 3
+"""Passes of the fair pick: a job that gave fewer requests than its counters promised (another
+worker took some meanwhile) leaves its part of the window to the others in the next pass."""
+
+
+def _pick_fair(
+    session: Session,
+    *,
+    model: str,
+    job_id: str | None,
+    queued: ColumnElement[bool],
+    limit: int,
+    default_weight: float,
+) -> list[str]:
+    """Queued requests for a window as genq.fairshare shares it: per job, its first queued
+    requests in input order, read through the (job_id, status, idx) index."""
+    ids: list[str] = []
+    found = backlogs(session, model=model, job_id=job_id)
+    weights = tenant_weights(session, {b.tenant for b in found})
+    for _ in range(FAIR_ROUNDS):
+        if len(ids) >= limit or not found:
+            break
+        shares = pick(found, limit=limit - len(ids), weights=weights, default_weight=default_weight)
+        if not shares:
+            break
+        short = set()
+        for job, count in sorted(shares.items()):
+            got = _pick(session, and_(Request.job_id == job, queued), limit=count, by_idx=True)
+            ids += got
+            if len(got) < count:
+                short.add(job)
+        found = [
+            replace(
+                b,
+                queued=0 if b.job_id in short else b.queued - shares.get(b.job_id, 0),
+                running=b.running + shares.get(b.job_id, 0),
+            )
+            for b in found
+        ]
+    return ids
+
+
+def _pick(
+    session: Session, where: ColumnElement[bool], *, limit: int, by_idx: bool = False
+) -> list[str]:
     # SKIP LOCKED: rows another transaction is claiming right now are passed over, not waited
     # for, so concurrent workers take disjoint sets; the lock holds until commit. SQLite has
     # one writer and no row locks, and drops the clause. A separate SELECT rather than an
@@ -258,7 +335,7 @@ def _pick(session: Session, where: ColumnElement[bool], *, limit: int) -> list[s
     query = (
         select(Request.id)
         .where(where)
-        .order_by(Request.created_at, Request.idx)
+        .order_by(*((Request.idx,) if by_idx else (Request.created_at, Request.idx)))
         .limit(limit)
         .with_for_update(skip_locked=True)
     )

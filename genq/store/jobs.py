@@ -14,6 +14,7 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from genq.errors import InvalidRequest, JobNotFound
+from genq.fairshare import estimated_tokens, request_work
 from genq.params import PER_ROW_FIELDS, GenerationParams
 from genq.store.db import Reader, bulk_insert
 from genq.store.records import Choice, JobInfo, NewRequest, ResultRow
@@ -54,6 +55,7 @@ def create_job(
     params: GenerationParams,
     requests: Sequence[NewRequest],
     metadata: dict[str, Any] | None = None,
+    priority: int = 0,
     now: datetime | None = None,
 ) -> str:
     """Write a job and all its requests (queued, unannounced; those refused at intake failed)
@@ -71,6 +73,7 @@ def create_job(
     sets: dict[str, ParamSet] = {}
     rows = []
     refused = 0
+    work = 0
     ids = new_ids("req", len(requests))
     for idx, new in enumerate(requests):
         found = seen.get(id(new.params))
@@ -84,6 +87,11 @@ def create_job(
         key, stored, resolved = found
         if new.error is None:
             sets.setdefault(key, ParamSet(resolved)).requests += 1
+            work += request_work(
+                estimated_tokens(new.prompt, new.messages),
+                max_new_tokens=resolved.max_new_tokens,
+                rows=resolved.num_return_sequences,
+            )
         else:
             refused += 1
         # Columns left out (lease, announcement) start NULL.
@@ -116,6 +124,8 @@ def create_job(
                 "params": params.model_dump(mode="json"),
                 "param_sets": [s.public(k) for k, s in sorted(sets.items())[:MAX_PARAM_SETS]],
                 "metadata_": metadata,
+                "priority": priority,
+                "work": work,
                 # A job of refused lines only has nothing to run: it ends as it is made.
                 "status": JobStatus.QUEUED if sets else JobStatus.COMPLETED,
                 "total": len(requests),

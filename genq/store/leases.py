@@ -46,19 +46,65 @@ def renew(
         .returning(Request.id),
         execution_options=PLAIN,
     ).all()
+    cancel_claims(session, worker_id=worker_id, held=held, now=now)
+    return {row.id for row in renewed}
+
+
+def cancel_claims(
+    session: Session,
+    *,
+    worker_id: str,
+    held: Sequence[tuple[str, int]],
+    now: datetime | None = None,
+) -> set[str]:
+    """Cancel the ``(request_id, fence)`` claims a worker holds in cancelling jobs and has not
+    started: a cancel reaches work already claimed at the worker's next batch. Returns the ids
+    cancelled; the job's counters move with them."""
+    now = now or utcnow()
+    if not held:
+        return set()
+    mine = and_(
+        tuple_(Request.id, Request.fence).in_([tuple(item) for item in held]),
+        Request.lease_owner == worker_id,
+    )
+    cancelling = select(Job.id).where(Job.status == JobStatus.CANCELLING)
     (running,) = sources(_R.RUNNING, to=_R.CANCELLED)
     dropped = session.execute(
         update(Request)
         .where(mine, Request.status == running, Request.job_id.in_(cancelling))
         .values(status=_R.CANCELLED, lease_expires_at=None, updated_at=now)
-        .returning(Request.job_id),
+        .returning(Request.id, Request.job_id),
         execution_options=PLAIN,
     ).all()
     tallies: dict[str, Tally] = {}
     for row in dropped:
         tallies.setdefault(row.job_id, Tally()).cancelled += 1
     apply_tallies(session, tallies, now=now)
-    return {row.id for row in renewed}
+    return {row.id for row in dropped}
+
+
+def cancelling_jobs(session: Session, job_ids: Sequence[str]) -> set[str]:
+    """Which of ``job_ids`` are being cancelled."""
+    if not job_ids:
+        return set()
+    rows = session.scalars(
+        select(Job.id).where(Job.id.in_(sorted(set(job_ids))), Job.status == JobStatus.CANCELLING)
+    )
+    return set(rows)
+
+
+def unstarted_job(session: Session, *, model: str, besides: Sequence[str]) -> str | None:
+    """A job of ``model`` that no worker has started and that is not one of ``besides``: new
+    work a worker should share its window with (read through the (status, model) index)."""
+    return session.scalar(
+        select(Job.id)
+        .where(
+            Job.status == JobStatus.QUEUED,
+            Job.model == model,
+            Job.id.not_in(sorted(set(besides))),
+        )
+        .limit(1)
+    )
 
 
 def release_orphans(

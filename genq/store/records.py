@@ -41,6 +41,7 @@ class JobInfo:
     params: dict[str, Any]
     param_sets: list[dict[str, Any]] | None
     metadata: dict[str, Any] | None
+    priority: int
     total: int
     succeeded: int
     failed: int

@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     CheckConstraint,
     DateTime,
     Dialect,
@@ -117,10 +118,18 @@ class Base(DeclarativeBase):
 
 class Job(Base):
     __tablename__ = "jobs"
-    __table_args__ = (Index(None, "tenant", "created_at"), Index(None, "finished_at"))
+    __table_args__ = (
+        Index(None, "tenant", "created_at"),
+        Index(None, "finished_at"),
+        Index(None, "status", "model"),  # the fair claim reads one model's open jobs
+    )
 
     id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
     tenant: Mapped[str] = mapped_column(String(MAX_NAME_LENGTH), server_default=DEFAULT_TENANT)
+    priority: Mapped[int] = mapped_column(Integer, server_default="0")  # within its tenant
+    # Estimated work of its runnable requests, tokens x rows (genq.fairshare): what fair
+    # shares and quotas are measured in.
+    work: Mapped[int] = mapped_column(BigInteger, server_default="0")
     model: Mapped[str] = mapped_column(String(MAX_NAME_LENGTH))
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
     # [{"key", "params" (shared by its requests: no seed or stop), "requests"}], by key.
@@ -148,6 +157,8 @@ class Request(Base):
         # Claim-any scans (status, model) oldest first; the reconciler scans running leases
         # and queued announcements through the same prefix.
         Index(None, "status", "model", "created_at", "idx"),
+        # The fair claim takes one job's queued requests in input order.
+        Index(None, "job_id", "status", "idx"),
         CheckConstraint("(prompt IS NULL) <> (messages IS NULL)", name="prompt_xor_messages"),
     )
 
@@ -262,6 +273,19 @@ class OpenAIBatch(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # status reached its end
+    cancelling_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Tenant(Base):
+    """What one tenant has that differs from the ``GENQ_*`` defaults (NULL: the default)."""
+
+    __tablename__ = "tenants"
+
+    name: Mapped[str] = mapped_column(String(MAX_NAME_LENGTH), primary_key=True)
+    weight: Mapped[float | None] = mapped_column(Float)  # its share against other tenants
+    max_queued_requests: Mapped[int | None] = mapped_column(BigInteger)
+    max_queued_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class WorkerHeartbeat(Base):
