@@ -241,7 +241,9 @@ class EngineRun:
             keys = tuple(r.key for r in self._refused)
             yield BatchReport("", keys, 0, 0, 1.0, 0.0, tuple(self._refused))
         while self._groups:
-            group = min(self._groups)
+            # The smallest parameter set first: what the fair pick gave a small job (of its
+            # own parameters) finishes first, not after the large job's part of the window.
+            group = min(self._groups, key=lambda g: (_work(self._groups[g]), g))
             units = self._groups.pop(group)
             if not units:
                 continue
@@ -502,6 +504,10 @@ class _Run:
                 prefix = store.get(tuple(unit[0].ids[:length]), self.engine)
                 for row in unit:
                     row.prefix = prefix
+
+
+def _work(units: list[list[Row]]) -> int:
+    return sum(len(row.ids) + row.params.max_new_tokens for unit in units for row in unit)
 
 
 def _admission_order(unit: list[Row]) -> tuple[int, tuple[int, ...], int]:

@@ -152,8 +152,7 @@ def test_a_message_runs_the_fair_pick_in_batches_of_one_parameter_set_across_job
         batches = list_batches(session)
     assert {batch.group_key for batch in batches} == {SHORT.group_key(), LONGER.group_key()}
     assert all(
-        set(batch.request_ids) <= set(c) or not set(batch.request_ids) & set(c)
-        for batch in batches
+        set(batch.request_ids) <= set(c) or not set(batch.request_ids) & set(c) for batch in batches
     )
     assert any(
         set(batch.request_ids) & set(a) and set(batch.request_ids) & set(b) for batch in batches
@@ -286,6 +285,65 @@ def test_a_cancelled_job_drops_the_claims_it_has_not_started(
     # dropped at the next lease renewal, and the engine stopped: nothing left to write.
     assert (job.status, job.succeeded, job.cancelled) == (JobStatus.CANCELLED, 2, 4)
     assert set(texts(rt, ids)) == set(seen[0].keys) and len(seen) == 1
+
+
+def test_a_cancel_stops_the_job_at_the_next_batch(runtime: RuntimeFactory) -> None:
+    rt = runtime(max_batch_size=8)
+    ids = add_job(rt, varied_prompts(120))
+    job_id = job_of(rt, ids[0])
+    at_cancel: list[int] = []
+
+    def cancel_once(report: BatchReport) -> None:
+        if not at_cancel:
+            with rt.sessions.begin() as session:
+                job = cancel_job(session, tenant=TENANT, job_id=job_id)
+            at_cancel.append(job.succeeded)
+
+    rt.on_batch = cancel_once
+    drain(rt)
+    with rt.sessions.begin() as session:
+        job = get_job(session, tenant=TENANT, job_id=job_id)
+    # What was in the decode batch at the cancel (at most 8 rows) finished; nothing else did,
+    # though all 120 were claimed in one window.
+    assert job.status is JobStatus.CANCELLED
+    assert 0 < job.succeeded - at_cancel[0] <= 8
+    assert job.succeeded + job.cancelled == 120
+
+
+def test_a_job_that_arrives_shares_the_worker_at_once(runtime: RuntimeFactory) -> None:
+    rt = runtime(max_batch_size=8)
+    big = add_job(rt, varied_prompts(200))
+    small: list[list[str]] = []
+    done_at_arrival: list[int] = []
+
+    def arrive(report: BatchReport) -> None:
+        if not small:
+            with rt.sessions.begin() as session:
+                done_at_arrival.append(
+                    get_job(session, tenant=TENANT, job_id=job_of(rt, big[0])).succeeded
+                )
+            small.append(add_job(rt, varied_prompts(5)))
+            small.append(add_job(rt, varied_prompts(5), params=LONGER))
+
+    rt.on_batch = arrive
+    drain(rt)
+    with rt.sessions.begin() as session:
+        done = {
+            r.request_id: r.status
+            for job in (big, *small)
+            for r in list_results(session, job_id=job_of(rt, job[0]))
+        }
+        finished = {
+            request_id: at
+            for request_id, at in session.execute(
+                select(Request.id, Request.updated_at).where(Request.id.in_(list(done)))
+            )
+        }
+    assert set(done.values()) == {RequestStatus.SUCCEEDED} and len(done) == 210
+    # Both newcomers (one with other parameters) ended while most of the big job was left.
+    last_small = max(finished[i] for job in small for i in job)
+    big_before = sum(1 for i in big if finished[i] <= last_small)
+    assert big_before - done_at_arrival[0] <= 40, (big_before, done_at_arrival)
 
 
 def test_drain_runs_its_job_to_the_end(runtime: RuntimeFactory) -> None:

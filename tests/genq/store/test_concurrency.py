@@ -90,3 +90,33 @@ def test_marking_announced_skips_rows_a_worker_holds(pg: Database) -> None:
             select(Request.id, Request.announced_at).where(Request.id.in_(ids))
         ).all()
     assert {i for i, at in announced if at is not None} == set(ids[2:])
+
+
+def test_four_fair_claimers_over_many_jobs_take_each_request_once(pg: Database) -> None:
+    with pg.sessions.begin() as session:
+        jobs = [add_job(session, n=n, tenant=t) for t in ("a", "b") for n in (90, 7, 30)]
+        every = {i for job in jobs for i in request_ids(session, job)}
+    start = threading.Barrier(4)
+
+    def work(worker_id: str) -> list[list[str]]:
+        windows: list[list[str]] = []
+        start.wait()
+        while True:
+            with pg.sessions.begin() as session:
+                claims = claim(
+                    session, worker_id=worker_id, model=MODEL, lease_seconds=LEASE, limit=9
+                )
+            if not claims:
+                return windows
+            windows.append([c.request_id for c in claims])
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(work, ["w1", "w2", "w3", "w4"]))
+    taken = [i for windows in results for window in windows for i in window]
+    assert len(taken) == len(set(taken)) == len(every)
+    assert set(taken) == every
+    # Fair, not oldest first: every job is in one of the first windows of the four workers.
+    with pg.sessions.begin() as session:
+        first = {i for windows in results for i in windows[0]}
+        owners = set(session.scalars(select(Request.job_id).where(Request.id.in_(first))))
+    assert len(owners) >= 4
