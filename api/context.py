@@ -13,6 +13,7 @@ from api.reads import InlineReader
 from genq.producer import Publisher
 from genq.settings import Settings
 from genq.store import JobInfo, make_engine, session_factory
+from genq.store.shares import Standing
 from genq.ttlcache import TtlCache
 
 
@@ -25,6 +26,8 @@ class Context:
     """The tenants of keys checked lately, by key hash (unknown keys are never put)."""
     jobs: TtlCache[tuple[str, str], JobInfo] = field(init=False)
     """Jobs read lately, by tenant and id: what polls of one job are answered from."""
+    standings: TtlCache[str, dict[str, Standing]] = field(init=False)
+    """Where each open job of a model stands (its share of the next window), by model."""
     engine: Engine = field(init=False)
     """The sessions' engine, for reads that skip a session: see :func:`api.deps.run_read`."""
     inline: InlineReader | None = field(init=False)
@@ -35,6 +38,9 @@ class Context:
         # Derived from the other fields; frozen, so set the way dataclasses' own __init__ does.
         object.__setattr__(self, "keys", TtlCache(self.settings.key_cache_seconds))
         object.__setattr__(self, "jobs", TtlCache(self.settings.job_cache_seconds))
+        # At least a second: a fair pick over every open job of a model is not a poll's read.
+        ttl = max(1.0, self.settings.job_cache_seconds)
+        object.__setattr__(self, "standings", TtlCache(ttl))
         bind = self.sessions.kw.get("bind")
         if not isinstance(bind, Engine):
             raise TypeError("the context's sessions must be bound to an engine")

@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from genq.errors import GenqError
+from genq.fairshare import MAX_PRIORITY, MIN_PRIORITY
 from genq.settings import get_settings
 
 app = typer.Typer(help="genq: bulk offline text generation.", no_args_is_help=True)
@@ -174,6 +175,84 @@ def keys_create(tenant: Annotated[str, typer.Option(help="the tenant the key act
     typer.echo(key)
 
 
+tenants_app = typer.Typer(
+    help="Tenants' shares and limits (what differs from the GENQ_* defaults).",
+    no_args_is_help=True,
+)
+app.add_typer(tenants_app, name="tenants")
+
+
+@tenants_app.command("set")
+def tenants_set(
+    name: Annotated[str, typer.Argument(help="the tenant")],
+    weight: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option(min=0.001, help="its share of the workers against others (default 1)"),
+    ] = None,
+    max_queued_requests: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(min=0, help="most requests accepted and not finished"),
+    ] = None,
+    max_queued_tokens: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(min=0, help="most estimated tokens (prompt + max_new_tokens) not finished"),
+    ] = None,
+    reset: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(help="a setting back to the default: weight, max-queued-requests, ..."),
+    ] = None,
+) -> None:
+    """Set a tenant's weight or limits; those not given keep their value."""
+    from genq.store import make_engine, session_factory
+    from genq.store.shares import set_tenant
+
+    names = {"weight", "max-queued-requests", "max-queued-tokens"}
+    unknown = set(reset or ()) - names
+    if unknown:
+        raise _fail(GenqError(f"--reset takes {', '.join(sorted(names))}, not {sorted(unknown)}"))
+    settings = get_settings()
+    sessions = session_factory(make_engine(settings.database_url))
+    with sessions.begin() as session:
+        set_tenant(
+            session,
+            name=name,
+            weight=weight,
+            max_queued_requests=max_queued_requests,
+            max_queued_tokens=max_queued_tokens,
+            clear=[n.replace("-", "_") for n in reset or ()],
+        )
+    tenants_list()
+
+
+@tenants_app.command("list")
+def tenants_list() -> None:
+    """Each tenant with settings of its own, and its queued and running work now."""
+    from genq.store import make_engine, session_factory
+    from genq.store.shares import default_limits, list_tenants, tenant_limits, usage
+
+    settings = get_settings()
+    sessions = session_factory(make_engine(settings.database_url))
+    with sessions.begin() as session:
+        used = usage(session)
+        names = {t.name for t in list_tenants(session)} | set(used)
+        limits = tenant_limits(session, names, defaults=default_limits(settings))
+    typer.echo(
+        f"{'tenant':<20} {'weight':>7} {'max requests':>13} {'max tokens':>13} "
+        f"{'queued':>9} {'running':>8}"
+    )
+    for name in sorted(names):
+        lim, use = limits[name], used.get(name)
+        typer.echo(
+            f"{name:<20} {lim.weight:>7g} {_limit(lim.max_queued_requests):>13} "
+            f"{_limit(lim.max_queued_tokens):>13} {use.queued if use else 0:>9} "
+            f"{use.running if use else 0:>8}"
+        )
+
+
+def _limit(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option()] = "127.0.0.1",
@@ -225,6 +304,14 @@ def submit(
     input_path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="JSONL input")],
     model: Annotated[Optional[str], typer.Option(help="model name")] = None,  # noqa: UP045
     wait: Annotated[bool, typer.Option(help="show progress until the job ends")] = False,
+    priority: Annotated[
+        int,
+        typer.Option(
+            min=MIN_PRIORITY,
+            max=MAX_PRIORITY,
+            help="order among your own jobs: higher runs first, lower still moves",
+        ),
+    ] = 0,
 ) -> None:
     """Submit INPUT_PATH (native or OpenAI Batch lines) as one job to GENQ_API_URL (key:
     GENQ_API_KEY); prints the job id. Each line keeps its own parameters; a bad line fails
@@ -235,7 +322,7 @@ def submit(
 
     client = Client(get_settings())
     try:
-        job = client.submit(input_path, model=model)
+        job = client.submit(input_path, model=model, priority=priority)
         typer.echo(job["id"])
         if not wait:
             return

@@ -38,7 +38,7 @@ class Client:
             raise ApiError(response.status_code, message)
         return response.json()
 
-    def submit(self, path: Path, *, model: str | None = None) -> dict[str, Any]:
+    def submit(self, path: Path, *, model: str | None = None, priority: int = 0) -> dict[str, Any]:
         """A JSONL file (native or OpenAI Batch lines) as one job: uploaded as it is, then
         read by the service line by line (the same reading as ``genq run``)."""
         with path.open("rb") as handle:
@@ -52,6 +52,8 @@ class Client:
         body: dict[str, Any] = {"input_file_id": uploaded["id"]}
         if model:
             body["model"] = model
+        if priority:
+            body["priority"] = priority
         return self._json(self.http.post("/v1/jobs", json=body))  # type: ignore[no-any-return]
 
     def status(self, job_id: str) -> dict[str, Any]:

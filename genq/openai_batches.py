@@ -140,11 +140,18 @@ def refresh(
 
 
 def _move(
-    session: Session, row: OpenAIBatch, status: str, *, ended_at: datetime | None = None
+    session: Session,
+    row: OpenAIBatch,
+    status: str,
+    *,
+    ended_at: datetime | None = None,
+    cancelling_at: datetime | None = None,
 ) -> bool:
     values: dict[str, Any] = {"status": status}
     if ended_at is not None:
         values["ended_at"] = ended_at
+    if cancelling_at is not None:
+        values["cancelling_at"] = cancelling_at
     moved = session.execute(
         update(OpenAIBatch)
         .where(OpenAIBatch.id == row.id, OpenAIBatch.status == row.status)
@@ -227,8 +234,9 @@ def cancel(session: Session, *, tenant: str, batch_id: str) -> dict[str, Any]:
     assert row.job_id is not None
     job = get_job(session, tenant=tenant, job_id=row.job_id)
     if not job.status.is_terminal:
-        cancel_job(session, tenant=tenant, job_id=row.job_id)
-        _move(session, row, "cancelling")
+        now = utcnow()
+        cancel_job(session, tenant=tenant, job_id=row.job_id, now=now)
+        _move(session, row, "cancelling", cancelling_at=now)
     return refresh(session, tenant=tenant, batch_id=batch_id)
 
 
@@ -287,7 +295,7 @@ def public(session: Session, row: OpenAIBatch) -> dict[str, Any]:
         "completed_at": ended if status == "completed" else None,
         "failed_at": ended if status == "failed" else None,
         "expired_at": ended if status == "expired" else None,
-        "cancelling_at": None,
+        "cancelling_at": _ts(row.cancelling_at),
         "cancelled_at": ended if status == "cancelled" else None,
         "request_counts": counts,
         "metadata": row.metadata_,

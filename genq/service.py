@@ -103,6 +103,7 @@ def job_public(job: JobInfo, *, now: datetime | None = None) -> dict[str, Any]:
         "params": job.params,
         "param_sets": job.param_sets or [],
         "metadata": job.metadata,
+        "priority": job.priority,
         "counts": {
             "total": job.total,
             "succeeded": job.succeeded,
@@ -123,6 +124,8 @@ def job_public(job: JobInfo, *, now: datetime | None = None) -> dict[str, Any]:
             "tokens_per_second": round(job.completion_tokens / elapsed, 3) if elapsed > 0 else 0,
         },
         "eta_seconds": round((job.total - done) / rate, 1) if running and rate > 0 else None,
+        # Where an open job stands in the fair share (GET /v1/jobs/{id} fills it in).
+        "queue": None,
     }
 
 

@@ -14,7 +14,8 @@ from api.openapi import non_json
 from genq import service
 from genq.intake import JobCreate
 from genq.intake.jsontext import INT_LIMIT
-from genq.store import cancel_job, get_job
+from genq.store import JobStatus, cancel_job, get_job
+from genq.store.shares import standings
 from genq.store.views import finished_prefix, list_jobs
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=CheckedJsonRoute)
@@ -58,7 +59,17 @@ async def read(job_id: str, tenant: TenantDep, context: ContextDep) -> dict[str,
     job = await cached_read(
         context, context.jobs, (tenant, job_id), query, keep=service.job_is_ahead
     )
-    return service.job_public(job)
+    public = service.job_public(job)
+    if job.status in (JobStatus.QUEUED, JobStatus.RUNNING):
+        where = partial(
+            standings,
+            model=job.model,
+            window=context.settings.claim_window,
+            default_weight=context.settings.tenant_weight,
+        )
+        found = (await cached_read(context, context.standings, job.model, where)).get(job.id)
+        public["queue"] = found.public() if found is not None else None
+    return public
 
 
 @router.get(

@@ -19,6 +19,7 @@ from api.context import Context
 from api.deps import ContextDep
 from api.histograms import BatchHistograms, JobLatency
 from api.openapi import non_json
+from genq.store.shares import TenantUsage, usage
 from genq.store.tables import Result, utcnow
 from genq.store.views import live_workers, queue_depths, request_counts
 from genq.uploads import LIVE_SECONDS
@@ -53,6 +54,7 @@ class StoreCollector:
             depth = queue_depths(session)
             counts = request_counts(session)
             workers = live_workers(session, within_seconds=LIVE_SECONDS, now=now)
+            tenants = usage(session)
             self.batches.update(session)
             self.jobs.update(session)
             tokens = session.scalar(
@@ -74,6 +76,7 @@ class StoreCollector:
         for model, count in workers.items():
             live.add_metric([model], count)
         yield live
+        yield from _tenant_families(tenants)
         yield GaugeMetricFamily(
             "genq_generated_tokens_per_second",
             f"Completion tokens per second over the last {RATE_SECONDS:.0f} s",
@@ -81,6 +84,28 @@ class StoreCollector:
         )
         yield from self.batches.families()
         yield self.jobs.family()
+
+
+def _tenant_families(tenants: dict[str, TenantUsage]) -> Iterator[Metric]:
+    """Accepted, unfinished work per tenant (names only): what the fair share divides."""
+    for name, help_, value in (
+        ("genq_tenant_queued_requests", "Queued requests per tenant", lambda u: u.queued),
+        ("genq_tenant_running_requests", "Running requests per tenant", lambda u: u.running),
+        (
+            "genq_tenant_queued_tokens",
+            "Estimated tokens (prompt + max_new_tokens) queued per tenant",
+            lambda u: u.queued_tokens,
+        ),
+        (
+            "genq_tenant_running_tokens",
+            "Estimated tokens (prompt + max_new_tokens) running per tenant",
+            lambda u: u.running_tokens,
+        ),
+    ):
+        family = GaugeMetricFamily(name, help_, labels=["tenant"])
+        for tenant, use in sorted(tenants.items()):
+            family.add_metric([tenant], value(use))
+        yield family
 
 
 @router.get("/metrics", responses=non_json(CONTENT_TYPE_LATEST, "Prometheus text format"))

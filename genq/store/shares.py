@@ -18,7 +18,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from genq.errors import QuotaExceeded
-from genq.fairshare import Backlog
+from genq.fairshare import Backlog, pick
 from genq.settings import Settings
 from genq.store.db import Reader
 from genq.store.status import JobStatus, RequestStatus
@@ -220,6 +220,48 @@ def usage(session: Reader, *, tenant: str | None = None) -> dict[str, TenantUsag
     return {
         name: TenantUsage(int(q), int(r), round(qt), round(rt))
         for name, (q, r, qt, rt) in totals.items()
+    }
+
+
+@dataclass(frozen=True)
+class Standing:
+    """Where an open job stands: its queued and running requests, and its part of the next
+    window the fair rule would claim now (as a share of the window, and in requests)."""
+
+    queued: int
+    running: int
+    next_window: int
+    share: float
+    jobs_waiting: int  # open jobs of its model with queued work, itself included
+
+    def public(self) -> dict[str, float | int]:
+        return {
+            "queued": self.queued,
+            "running": self.running,
+            "next_window": self.next_window,
+            "share": round(self.share, 4),
+            "jobs_waiting": self.jobs_waiting,
+        }
+
+
+def standings(
+    session: Reader, *, model: str, window: int, default_weight: float = 1.0
+) -> dict[str, Standing]:
+    """Every open job of ``model`` as it stands now (see :class:`Standing`)."""
+    found = backlogs(session, model=model)
+    weights = tenant_weights(session, {b.tenant for b in found})
+    shares = pick(found, limit=window, weights=weights, default_weight=default_weight)
+    taken = sum(shares.values()) or 1
+    waiting = sum(1 for b in found if b.queued)
+    return {
+        b.job_id: Standing(
+            queued=b.queued,
+            running=b.running,
+            next_window=shares.get(b.job_id, 0),
+            share=shares.get(b.job_id, 0) / taken,
+            jobs_waiting=waiting,
+        )
+        for b in found
     }
 
 
