@@ -1,0 +1,167 @@
+"""Fair sharing through the API: quotas answer 429 with nothing stored, priorities and where a
+job stands are readable, /metrics shows work per tenant, and small jobs of another tenant (or
+of the same one) finish before a large job that started first."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+from sqlalchemy import func, select
+
+from genq.store.shares import set_tenant
+from genq.store.tables import Job, OpenAIBatch, Request
+from tests.api.conftest import Service
+from tests.api.support import prompts, wait_job
+from worker.models import LoadedModel
+
+
+def stored(service: Service) -> tuple[int, int]:
+    with service.context.sessions.begin() as session:
+        jobs = session.scalar(select(func.count()).select_from(Job))
+        requests = session.scalar(select(func.count()).select_from(Request))
+    return int(jobs or 0), int(requests or 0)
+
+
+def test_a_quota_answers_429_with_retry_after_and_stores_nothing(
+    backend_service: Callable[..., Service],
+) -> None:
+    service = backend_service(max_queued_requests=10)
+    client, a, b = service.client, service.as_("a"), service.as_("b")
+    assert client.post("/v1/jobs", json=prompts(8), headers=a).status_code == 202
+    over = client.post("/v1/jobs", json=prompts(3), headers=a)
+    assert over.status_code == 429
+    assert int(over.headers["Retry-After"]) > 0
+    error = over.json()["error"]
+    assert error["type"] == "rate_limit_error"
+    assert "11 requests queued or running, over its limit of 10" in error["message"]
+    assert stored(service) == (1, 8)
+    # Another tenant has its own limit; a file job is checked the same way.
+    assert client.post("/v1/jobs", json=prompts(10), headers=b).status_code == 202
+    lines = "".join(json.dumps({"prompt": f"line {i}"}) + "\n" for i in range(3))
+    upload = client.post(
+        "/v1/files",
+        data={"purpose": "batch"},
+        files={"file": ("in.jsonl", lines.encode(), "application/jsonl")},
+        headers=b,
+    ).json()
+    refused = client.post("/v1/jobs", json={"input_file_id": upload["id"]}, headers=b)
+    assert refused.status_code == 429
+    openai_lines = "".join(
+        json.dumps(
+            {
+                "custom_id": f"l{i}",
+                "method": "POST",
+                "url": "/v1/completions",
+                "body": {"model": "tiny-gpt2", "prompt": "hi", "max_tokens": 2},
+            }
+        )
+        + "\n"
+        for i in range(3)
+    )
+    openai_file = client.post(
+        "/v1/files",
+        data={"purpose": "batch"},
+        files={"file": ("in.jsonl", openai_lines.encode(), "application/jsonl")},
+        headers=b,
+    ).json()
+    batch = client.post(
+        "/v1/batches",
+        json={
+            "input_file_id": openai_file["id"],
+            "endpoint": "/v1/completions",
+            "completion_window": "24h",
+        },
+        headers=b,
+    )
+    assert batch.status_code == 429
+    assert stored(service) == (2, 18)
+    with service.context.sessions.begin() as session:
+        assert session.scalar(select(func.count()).select_from(OpenAIBatch)) == 0
+    # A tenant's own, larger limit lets it through.
+    with service.context.sessions.begin() as session:
+        set_tenant(session, name="b", weight=None, max_queued_requests=100, max_queued_tokens=None)
+    assert (
+        client.post("/v1/jobs", json={"input_file_id": upload["id"]}, headers=b).status_code == 202
+    )
+
+
+def test_priority_is_checked_kept_and_read_back(service: Service) -> None:
+    client, a = service.client, service.as_("a")
+    job = client.post("/v1/jobs", json=prompts(2, priority=5), headers=a).json()
+    assert job["priority"] == 5
+    for bad in (101, "5", 1.5):
+        answer = client.post("/v1/jobs", json=prompts(2, priority=bad), headers=a)
+        assert answer.status_code == 422 and "priority" in answer.json()["error"]["message"]
+    lines = json.dumps(
+        {
+            "custom_id": "x",
+            "method": "POST",
+            "url": "/v1/completions",
+            "body": {"model": "tiny-gpt2", "prompt": "hi", "max_tokens": 2},
+        }
+    )
+    upload = client.post(
+        "/v1/files",
+        data={"purpose": "batch"},
+        files={"file": ("in.jsonl", lines.encode() + b"\n", "application/jsonl")},
+        headers=a,
+    ).json()
+    body = {
+        "input_file_id": upload["id"],
+        "endpoint": "/v1/completions",
+        "completion_window": "24h",
+    }
+    bad = client.post("/v1/batches", json={**body, "metadata": {"priority": "high"}}, headers=a)
+    assert bad.status_code == 422
+    assert bad.json()["error"]["message"].startswith("metadata.priority")
+    ok = client.post("/v1/batches", json={**body, "metadata": {"priority": "3"}}, headers=a)
+    assert ok.status_code == 200
+    with service.context.sessions.begin() as session:
+        assert sorted(session.scalars(select(Job.priority))) == [3, 5]
+
+
+def test_a_queued_job_says_where_it_stands_and_metrics_show_tenants(service: Service) -> None:
+    client, a, b = service.client, service.as_("a"), service.as_("b")
+    big = client.post("/v1/jobs", json=prompts(600), headers=a).json()
+    small = client.post("/v1/jobs", json=prompts(5), headers=b).json()
+    stands = client.get(f"/v1/jobs/{small['id']}", headers=b).json()["queue"]
+    assert stands == {
+        "queued": 5,
+        "running": 0,
+        "next_window": 5,
+        "share": round(5 / 256, 4),
+        "jobs_waiting": 2,
+    }
+    assert client.get(f"/v1/jobs/{big['id']}", headers=a).json()["queue"]["next_window"] == 251
+    text = client.get("/metrics").text
+    assert 'genq_tenant_queued_requests{tenant="a"} 600.0' in text
+    assert 'genq_tenant_queued_requests{tenant="b"} 5.0' in text
+    assert 'genq_tenant_running_requests{tenant="a"} 0.0' in text
+    # Prompts of 17 bytes are 5 estimated tokens, and 4 new tokens each.
+    assert 'genq_tenant_queued_tokens{tenant="b"} 45.0' in text
+    assert "Item 0" not in text
+
+
+def test_small_jobs_finish_before_a_large_job_that_started_first(
+    make_service: Callable[..., Service], tiny: LoadedModel
+) -> None:
+    service = make_service(max_batch_size=8)
+    client, a, b = service.client, service.as_("a"), service.as_("b")
+    big = client.post("/v1/jobs", json=prompts(1500, params={"max_new_tokens": 8}), headers=a)
+    service.start_worker()
+    deadline = time.monotonic() + 60
+    while client.get(f"/v1/jobs/{big.json()['id']}", headers=a).json()["counts"]["succeeded"] == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    small = [
+        client.post("/v1/jobs", json=prompts(5), headers=b).json(),  # other tenant, other params
+        client.post("/v1/jobs", json=prompts(5, params={"max_new_tokens": 8}), headers=a).json(),
+    ]
+    for job in small:
+        headers = b if job is small[0] else a
+        assert wait_job(client, job["id"], headers)["status"] == "completed"
+    left = client.get(f"/v1/jobs/{big.json()['id']}", headers=a).json()
+    assert left["status"] == "running"
+    assert left["counts"]["succeeded"] < 1000, left["counts"]
