@@ -165,3 +165,29 @@ def test_small_jobs_finish_before_a_large_job_that_started_first(
     left = client.get(f"/v1/jobs/{big.json()['id']}", headers=a).json()
     assert left["status"] == "running"
     assert left["counts"]["succeeded"] < 1000, left["counts"]
+
+
+def test_a_cancelled_openai_batch_says_when_it_was_asked(service: Service) -> None:
+    client, a = service.client, service.as_("a")
+    line = {
+        "custom_id": "x",
+        "method": "POST",
+        "url": "/v1/completions",
+        "body": {"model": "tiny-gpt2", "prompt": "hi", "max_tokens": 2},
+    }
+    upload = client.post(
+        "/v1/files",
+        data={"purpose": "batch"},
+        files={"file": ("in.jsonl", json.dumps(line).encode() + b"\n", "application/jsonl")},
+        headers=a,
+    ).json()
+    body = {
+        "input_file_id": upload["id"],
+        "endpoint": "/v1/completions",
+        "completion_window": "24h",
+    }
+    batch = client.post("/v1/batches", json=body, headers=a).json()
+    assert batch["cancelling_at"] is None
+    cancelled = client.post(f"/v1/batches/{batch['id']}/cancel", headers=a).json()
+    assert cancelled["status"] == "cancelled"
+    assert cancelled["created_at"] <= cancelled["cancelling_at"] <= cancelled["cancelled_at"]

@@ -33,7 +33,7 @@ from genq.store import (
     session_factory,
 )
 from genq.store.db import make_engine
-from genq.store.tables import Request, Result, WorkerHeartbeat, utcnow
+from genq.store.tables import Job, Request, Result, WorkerHeartbeat, utcnow
 from genq.store.views import live_workers
 from genq.uploads import LIVE_SECONDS
 from worker.celery_app import make_celery
@@ -220,11 +220,13 @@ class Cluster:
             self._publisher = CeleryPublisher(make_celery(self.settings))
         return self._publisher
 
-    def submit(self, prompts: Sequence[str], params: GenerationParams) -> str:
+    def submit(
+        self, prompts: Sequence[str], params: GenerationParams, *, tenant: str = TENANT
+    ) -> str:
         return submit_job(
             self.sessions,
             self.publisher,
-            tenant=TENANT,
+            tenant=tenant,
             model=self.model,
             params=params,
             requests=[NewRequest(custom_id=f"c{i}", prompt=p) for i, p in enumerate(prompts)],
@@ -233,7 +235,8 @@ class Cluster:
 
     def job(self, job_id: str) -> JobInfo:
         with self.sessions.begin() as session:
-            return get_job(session, tenant=TENANT, job_id=job_id)
+            tenant = session.scalar(select(Job.tenant).where(Job.id == job_id))
+            return get_job(session, tenant=tenant or TENANT, job_id=job_id)
 
     def wait_jobs(
         self, job_ids: Sequence[str], *, timeout: float, every: float = 0.2

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from sqlalchemy import select
 
@@ -44,7 +44,13 @@ class FaultyEngine:
         prompts = {r.key: r.prompt or "" for r in requests}
         if self.poison and any(self.poison in p for p in prompts.values()):
             os._exit(POISON_EXIT)
-        for report in self.inner.run(requests):
+        inner = self.inner.run(requests)
+        return Reports(inner, self._delayed(inner, prompts))
+
+    def _delayed(
+        self, inner: Iterator[BatchReport], prompts: dict[str, str]
+    ) -> Iterator[BatchReport]:
+        for report in inner:
             time.sleep(self.delay)
             stalled = [k for k in report.keys if self.stall and self.stall in prompts[k]]
             if stalled:
@@ -61,6 +67,28 @@ class FaultyEngine:
                 if all(s is RequestStatus.SUCCEEDED for s in statuses):
                     return
             time.sleep(0.1)
+
+
+class Reports:
+    """The wrapped reports, still able to give back what has not started (as the engine's)."""
+
+    def __init__(self, inner: Iterator[BatchReport], reports: Iterator[BatchReport]) -> None:
+        self.inner, self.reports = inner, reports
+        withdraw: Callable[[Iterable[str]], set[str]] | None = getattr(inner, "withdraw", None)
+        if withdraw is not None:
+            self.withdraw = withdraw
+
+    def __iter__(self) -> Reports:
+        return self
+
+    def __next__(self) -> BatchReport:
+        return next(self.reports)
+
+    def close(self) -> None:
+        for it in (self.reports, self.inner):
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
 
 
 def main() -> None:

@@ -238,3 +238,30 @@ def test_a_cancelled_job_ends_cancelled_keeping_what_finished(cluster: Cluster) 
     assert 2 <= len(done) < 6 and all(r.results == 1 for r in done)
     assert {(r.status, r.results) for r in rows if r not in done} == {(R.CANCELLED, 0)}
     assert (info.succeeded, info.cancelled) == (len(done), 12 - len(done))
+
+
+def test_small_jobs_of_two_tenants_finish_before_a_large_one_on_two_workers(
+    cluster: Cluster,
+) -> None:
+    cluster.configure(max_batch_size=8, claim_window=64, message_size=64)
+    workers = [cluster.start_worker(wait=False) for _ in range(2)]
+    for worker in workers:
+        cluster.wait_ready(worker)
+    big = cluster.submit(varied_prompts(3000), SHORT, tenant="big")
+    for worker in workers:
+        first_batch_of(cluster, worker)
+    # Its messages fill the queue ahead of theirs: the workers claim by the fair rule anyway.
+    small = [
+        cluster.submit(varied_prompts(5), SHORT, tenant="other"),
+        cluster.submit(varied_prompts(5), LONGER, tenant="other"),
+        cluster.submit(varied_prompts(5), SHORT, tenant="big"),
+    ]
+    infos = cluster.wait_jobs(small, timeout=60)
+    assert [i.status for i in infos] == [JobStatus.COMPLETED] * 3
+    left = cluster.job(big)
+    assert left.status is JobStatus.RUNNING and left.succeeded < 2000, left
+    with cluster.sessions.begin() as session:
+        cancel_job(session, tenant="big", job_id=big)
+    (ended,) = cluster.wait_jobs([big], timeout=60)
+    assert ended.status is JobStatus.CANCELLED
+    assert ended.succeeded + ended.cancelled == 3000
