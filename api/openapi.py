@@ -28,6 +28,7 @@ _ERRORS = {
     409: "Conflicts with the current state (cancelling a completed job)",
     413: "Body larger than GENQ_MAX_BODY_BYTES",
     422: "Invalid input; the message names the field as sent",
+    429: "A submit over the tenant's quota (nothing stored); retry after Retry-After seconds",
     503: "The database cannot be reached; retry after Retry-After seconds",
 }
 
