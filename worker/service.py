@@ -66,6 +66,7 @@ class Runtime:
     worker_id: str
     make_engine: Callable[[], Generator]
     window: int  # most requests claimed at once: what the engine plans batches from
+    claimed_at: datetime | None = None  # when the window in hand was picked
     on_batch: Callable[[BatchReport], None] | None = None
     stopping: threading.Event = field(default_factory=threading.Event)
     idle_since: float = field(default_factory=time.monotonic)
@@ -185,6 +186,7 @@ def _claim(
     job_id: str | None = None,
     limit: int | None = None,
 ) -> list[Claim]:
+    rt.claimed_at = utcnow()
     return claim(
         session,
         worker_id=rt.worker_id,
@@ -280,12 +282,17 @@ def _between_batches(
     share: bool,
 ) -> bool:
     """After a batch: take back from the engine the unstarted claims of cancelled jobs (and
-    cancel them), and with ``share``, when a job no worker has started is waiting, every
-    unstarted claim (released, for the next fair pick). Returns whether to look again."""
+    cancel them), and with ``share``, when a job that arrived since the window was picked is
+    waiting and no worker has started it, every unstarted claim (released, for the next fair
+    pick). Jobs that were there at the pick had their share of it; only arrivals give a window
+    back. Returns whether to look again."""
     jobs = sorted({c.job_id for c in held.values()})
+    share = share and rt.settings.claim_order == "fair" and rt.claimed_at is not None
     with rt.sessions.begin() as session:
         cancelled = cancelling_jobs(session, jobs)
-        newcomer = unstarted_job(session, model=rt.model, besides=jobs) if share else None
+        newcomer = None
+        if share and rt.claimed_at is not None:
+            newcomer = unstarted_job(session, model=rt.model, since=rt.claimed_at)
     if cancelled:
         taken = withdraw([k for k, c in held.items() if c.job_id in cancelled])
         if taken:

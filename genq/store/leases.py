@@ -93,16 +93,12 @@ def cancelling_jobs(session: Session, job_ids: Sequence[str]) -> set[str]:
     return set(rows)
 
 
-def unstarted_job(session: Session, *, model: str, besides: Sequence[str]) -> str | None:
-    """A job of ``model`` that no worker has started and that is not one of ``besides``: new
-    work a worker should share its window with (read through the (status, model) index)."""
+def unstarted_job(session: Session, *, model: str, since: datetime) -> str | None:
+    """A job of ``model`` created after ``since`` that no worker has started: new work a
+    worker should share its window with (read through the (status, model) index)."""
     return session.scalar(
         select(Job.id)
-        .where(
-            Job.status == JobStatus.QUEUED,
-            Job.model == model,
-            Job.id.not_in(sorted(set(besides))),
-        )
+        .where(Job.status == JobStatus.QUEUED, Job.model == model, Job.created_at > since)
         .limit(1)
     )
 

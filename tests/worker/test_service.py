@@ -346,6 +346,19 @@ def test_a_job_that_arrives_shares_the_worker_at_once(runtime: RuntimeFactory) -
     assert big_before - done_at_arrival[0] <= 40, (big_before, done_at_arrival)
 
 
+def test_jobs_waiting_at_the_pick_do_not_make_a_worker_give_its_window_back(
+    runtime: RuntimeFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # More jobs than half a window: most wait past each pick, and only arrivals would make
+    # the worker give back what it has not started.
+    rt = runtime(window=16, max_batch_size=4)
+    jobs = [add_job(rt, varied_prompts(3)) for _ in range(30)]
+    with caplog.at_level(logging.INFO, logger="worker.service"):
+        assert drain(rt) == 90
+    assert "go back for a fair pick" not in caplog.text
+    assert {s for job in jobs for s, _ in rows(rt, job)} == {RequestStatus.SUCCEEDED}
+
+
 def test_drain_runs_its_job_to_the_end(runtime: RuntimeFactory) -> None:
     rt = runtime(window=4, max_attempts=2)
     mine = add_job(rt, varied_prompts(6))
