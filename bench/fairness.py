@@ -46,7 +46,8 @@ MODEL = "tiny-gpt2"
 
 
 def prompts(count: int, offset: int = 0) -> list[str]:
-    return [f"{PROMPTS[(offset + i) % len(PROMPTS)]} ({offset + i})" for i in range(count)]
+    # Cut to fit tiny-gpt2's context of 512 tokens with room for the new ones.
+    return [f"{PROMPTS[(offset + i) % len(PROMPTS)][:300]} ({offset + i})" for i in range(count)]
 
 
 # -- 1. small jobs behind a large one, on genq serve ------------------------------------------
@@ -129,52 +130,73 @@ class Serve:
         return {"Authorization": f"Bearer {self.keys[tenant]}"}
 
 
-def behind_a_large_job(order: str, args: argparse.Namespace, cache: Path) -> list[dict[str, Any]]:
-    rows = []
+def behind_a_large_job(
+    order: str, tenant: str, args: argparse.Namespace, cache: Path
+) -> dict[str, Any]:
+    """A fresh ``genq serve``; the large job runs; then the small job of ``tenant``."""
     with tempfile.TemporaryDirectory() as tmp:
         serve = Serve(Path(tmp), cache, order)
         try:
             big = serve.submit("default", prompts(args.big), args.max_new_tokens)
             while serve.job("default", big)["counts"]["succeeded"] == 0:
                 time.sleep(0.1)
-            for tenant in ("other", "default"):
-                before = serve.job("default", big)["counts"]["succeeded"]
-                batches = serve.batches()
-                start = time.monotonic()
-                small = serve.submit(tenant, prompts(5, offset=10**6), args.max_new_tokens)
-                status = "queued"
-                while time.monotonic() - start < args.wait:
-                    status = serve.job(tenant, small)["status"]
-                    if status == "completed":
-                        break
-                    time.sleep(0.05)
-                seconds = time.monotonic() - start
-                after = serve.job("default", big)["counts"]["succeeded"]
-                rows.append(
-                    {
-                        "order": order,
-                        "small job of": "another tenant" if tenant == "other" else "same tenant",
-                        "seconds": seconds if status == "completed" else None,
-                        "batches meanwhile": serve.batches() - batches,
-                        "big job done meanwhile": after - before,
-                        "big done at end": after,
-                    }
-                )
+            before = serve.job("default", big)["counts"]["succeeded"]
+            batches = serve.batches()
+            start = time.monotonic()
+            small = serve.submit(tenant, prompts(5, offset=10**6), args.max_new_tokens)
+            status = "queued"
+            while time.monotonic() - start < args.wait:
+                status = serve.job(tenant, small)["status"]
+                if status == "completed":
+                    break
+                time.sleep(0.05)
+            seconds = time.monotonic() - start
+            after = serve.job("default", big)["counts"]["succeeded"]
+            return {
+                "order": order,
+                "small job of": "another tenant" if tenant == "other" else "same tenant",
+                "seconds": seconds if status == "completed" else None,
+                "batches meanwhile": serve.batches() - batches,
+                "big job done meanwhile": after - before,
+                "big job left": args.big - after,
+            }
         finally:
             serve.stop()
-    return rows
+
+
+def cancel_midway(args: argparse.Namespace, cache: Path) -> dict[str, Any]:
+    """A 600-request job cancelled once 256 have succeeded: how many more finish after."""
+    with tempfile.TemporaryDirectory() as tmp:
+        serve = Serve(Path(tmp), cache, "fair")
+        try:
+            job = serve.submit("default", prompts(600), args.max_new_tokens)
+            while (done := serve.job("default", job)["counts"]["succeeded"]) < 256:
+                time.sleep(0.01)
+            r = serve.http.post(f"/v1/jobs/{job}/cancel", headers=serve._auth("default"))
+            at_cancel = r.json()["counts"]["succeeded"]
+            while (info := serve.job("default", job))["status"] != "cancelled":
+                time.sleep(0.05)
+            return {
+                "seen done": done,
+                "done at cancel": at_cancel,
+                "done at end": info["counts"]["succeeded"],
+                "finished after the cancel": info["counts"]["succeeded"] - at_cancel,
+                "cancelled": info["counts"]["cancelled"],
+            }
+        finally:
+            serve.stop()
 
 
 # -- 2. throughput on a mixed workload --------------------------------------------------------
 
 MIXED = [  # tenant, requests, params
-    ("a", 600, GenerationParams(max_new_tokens=16)),
-    ("a", 30, GenerationParams(max_new_tokens=32)),
-    ("a", 30, GenerationParams(max_new_tokens=32)),
-    ("b", 30, GenerationParams(max_new_tokens=16)),
-    ("b", 30, GenerationParams(max_new_tokens=16)),
-    ("b", 30, GenerationParams(max_new_tokens=16, do_sample=True, temperature=0.8, seed=1)),
-    ("b", 30, GenerationParams(max_new_tokens=16, do_sample=True, temperature=0.8, seed=2)),
+    ("a", 3000, GenerationParams(max_new_tokens=16)),
+    ("a", 150, GenerationParams(max_new_tokens=32)),
+    ("a", 150, GenerationParams(max_new_tokens=32)),
+    ("b", 150, GenerationParams(max_new_tokens=16)),
+    ("b", 150, GenerationParams(max_new_tokens=16)),
+    ("b", 150, GenerationParams(max_new_tokens=16, do_sample=True, temperature=0.8, seed=1)),
+    ("b", 150, GenerationParams(max_new_tokens=16, do_sample=True, temperature=0.8, seed=2)),
 ]
 
 
@@ -243,7 +265,7 @@ def mixed(args: argparse.Namespace, cache: Path) -> list[dict[str, Any]]:
     settings = Settings(model_cache=cache, device="cpu")
     engine = Engine.from_settings(load_model(MODEL, settings), settings)
     order = ["fair", "oldest"]
-    rounds = []
+    rounds: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         mixed_round("fair", engine, Path(tmp), -1)  # warm-up, not counted
         for n in range(args.rounds):
@@ -277,15 +299,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as cache_dir:
         cache = Path(cache_dir)
         if not args.skip_serve:
-            rows = []
-            for order in ("oldest", "fair"):
-                rows += behind_a_large_job(order, args, cache)
+            rows = [
+                behind_a_large_job(order, tenant, args, cache)
+                for tenant in ("other", "default")
+                for order in ("oldest", "fair")
+            ]
             print(
                 f"\n## A 5-request job behind a {args.big}-request job on genq serve "
                 f"(tiny-gpt2, max_new_tokens {args.max_new_tokens}; '-': not done in "
                 f"{args.wait:.0f} s)\n"
             )
             print(table(rows), flush=True)
+            print(
+                "\n## A 600-request job cancelled at 256 done (claim window 256, rows per "
+                "decode batch up to GENQ_MAX_BATCH_SIZE)\n"
+            )
+            print(table([cancel_midway(args, cache)]), flush=True)
         rounds = mixed(args, cache)
         print("\n## Mixed workload: 2 tenants, 3 parameter sets, 1 large + 6 small jobs\n")
         print(table(rounds))

@@ -13,7 +13,7 @@ import logging
 import secrets
 import time
 from collections import OrderedDict, deque
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -210,6 +210,9 @@ class EngineRun:
         self._refused = refused
         self._current: _Run | None = None
         self._reports = self._run()
+        self.before_admit: Callable[[], None] | None = None
+        """Called whenever rows are about to join the decode batch, between steps: where a
+        worker checks for cancels often enough that few rows join after one."""
 
     def __iter__(self) -> EngineRun:
         return self
@@ -236,6 +239,10 @@ class EngineRun:
                 queue.extend(kept)
         return taken
 
+    def _gate(self) -> None:
+        if self.before_admit is not None:
+            self.before_admit()
+
     def _run(self) -> Generator[BatchReport, None, None]:
         if self._refused:
             keys = tuple(r.key for r in self._refused)
@@ -247,7 +254,7 @@ class EngineRun:
             units = self._groups.pop(group)
             if not units:
                 continue
-            self._current = _Run(self._engine, group, units)
+            self._current = _Run(self._engine, group, units, gate=self._gate)
             yield from self._current.reports()
             self._current = None
 
@@ -283,6 +290,7 @@ class _Run:
     engine: Engine
     group: str
     requests: list[list[Row]]  # each request's rows (one per return sequence)
+    gate: Callable[[], None] | None = None  # called before rows join: may withdraw pending
     pending: deque[list[Row]] = field(default_factory=deque)
     batch: DecodeBatch | None = None
     finished: dict[str, list[Row]] = field(default_factory=dict)  # request key -> rows done
@@ -328,6 +336,10 @@ class _Run:
             free=batch.free, slots=batch.slots, live=live
         ):
             return False
+        if self.gate is not None:
+            self.gate()  # the worker may take back what has not started (a cancel)
+            if not self.pending:
+                return False
         batch = self._room_for(self.pending[0])
         # A request's return sequences join together, however many the row cap allows.
         free = min(batch.free, max(self.max_rows, len(self.pending[0])) - len(batch.live))

@@ -45,6 +45,9 @@ from worker.types import BatchReport, GenRequest, GenResult
 
 log = logging.getLogger(__name__)
 
+GATE_SECONDS = 0.02
+"""How often, at most, a worker looks for cancels and arrivals while rows join its batch."""
+
 RENEW_FRACTION = 1 / 3
 """A window's unrun claims get a new lease once this much of the last one has gone by."""
 
@@ -251,6 +254,16 @@ def _execute(
     renewed_at = time.monotonic()
     reports = rt.engine.run(requests)
     withdraw: Callable[[Iterable[str]], set[str]] | None = getattr(reports, "withdraw", None)
+    if withdraw is not None and hasattr(reports, "before_admit"):
+        checked = time.monotonic()
+
+        def gate() -> None:
+            nonlocal checked, share
+            if time.monotonic() - checked >= GATE_SECONDS and withdraw is not None:
+                share = _between_batches(rt, held, withdraw, share=share)
+                checked = time.monotonic()
+
+        reports.before_admit = gate
     try:
         for report in reports:
             if time.monotonic() - renewed_at > rt.settings.lease_seconds * RENEW_FRACTION:
