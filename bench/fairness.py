@@ -11,6 +11,10 @@
    small ones, all queued at once) through the embedded worker in this process, rounds in
    alternating order: completion tokens/s, the ratio fair / oldest, decode rows per batch,
    prompt efficiency, and when the small jobs finished.
+3. The claim on PostgreSQL (a throwaway server, as the tests start) with ``--pg-requests``
+   requests in 40 jobs, each three quarters done: milliseconds per fair and oldest-first
+   window, and the plans (which index each statement reads through). ``--pg-requests 0``
+   skips it.
 
 Prints numbers; it does not pass or fail.
 """
@@ -274,6 +278,102 @@ def mixed(args: argparse.Namespace, cache: Path) -> list[dict[str, Any]]:
     return rounds
 
 
+# -- 3. the fair claim on a large PostgreSQL table --------------------------------------------
+
+
+def claim_cost(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[str]]:
+    """Claim windows of 256 with ``--pg-requests`` requests in 40 jobs of 4 tenants, each job
+    three quarters done,
+    fair and oldest-first: milliseconds per claim (median of 20, each released again), and
+    the plans of the fair claim's statements."""
+    from statistics import median
+
+    from sqlalchemy import text, update
+
+    from genq.store import claim
+    from genq.store.tables import Request
+    from tests.conftest import running_pg_server
+
+    rows: list[dict[str, Any]] = []
+    plans: list[str] = []
+    with running_pg_server() as pg:
+        admin = pg.admin()
+        admin.execute("CREATE DATABASE bench")
+        admin.close()
+        url = pg.url("bench")
+        upgrade(url)
+        sessions = session_factory(make_engine(url))
+        per_job = args.pg_requests // 40
+        for n in range(40):
+            with sessions.begin() as session:
+                create_job(
+                    session,
+                    tenant=f"t{n % 4}",
+                    model=MODEL,
+                    params=GenerationParams(max_new_tokens=16),
+                    requests=[NewRequest(prompt=f"p {i}") for i in range(per_job)],
+                )
+        with sessions.begin() as session:  # jobs three quarters done, as in a busy service
+            session.execute(
+                update(Request)
+                .where(Request.idx < per_job * 3 // 4)
+                .values(status="succeeded", attempts=1)
+            )
+        with sessions.begin() as session:
+            session.execute(text("ANALYZE"))
+        for order in ("fair", "oldest"):
+            times = []
+            for _ in range(20):
+                start = time.perf_counter()
+                with sessions.begin() as session:
+                    got = claim(
+                        session,
+                        worker_id="bench",
+                        model=MODEL,
+                        lease_seconds=600,
+                        limit=256,
+                        order=order,  # type: ignore[arg-type]
+                    )
+                times.append(time.perf_counter() - start)
+                with sessions.begin() as session:  # back, so every claim sees the same table
+                    session.execute(
+                        update(Request)
+                        .where(Request.id.in_([c.request_id for c in got]))
+                        .values(status="queued", lease_owner=None, attempts=0)
+                    )
+            jobs = len({c.job_id for c in got})
+            rows.append(
+                {
+                    "order": order,
+                    "requests in the table": per_job * 40,
+                    "queued": per_job * 40 - per_job * 3 // 4 * 40,
+                    "ms per claim of 256": median(times) * 1000,
+                    "jobs in the window": jobs,
+                }
+            )
+        with sessions.begin() as session:
+            job_id = session.scalar(text("SELECT id FROM jobs LIMIT 1"))
+            for label, sql in (
+                (
+                    "open jobs",
+                    "SELECT id FROM jobs WHERE status IN ('queued','running') AND model = :m",
+                ),
+                (
+                    "running per job",
+                    "SELECT job_id, count(*) FROM requests WHERE status = 'running' "
+                    "AND model = :m GROUP BY job_id",
+                ),
+                (
+                    "one job's share",
+                    "SELECT id FROM requests WHERE job_id = :j AND status = 'queued' "
+                    "AND attempts < 3 ORDER BY idx LIMIT 64 FOR UPDATE SKIP LOCKED",
+                ),
+            ):
+                plan = session.execute(text("EXPLAIN " + sql), {"m": MODEL, "j": job_id})
+                plans.append(f"{label}:\n    " + "\n    ".join(r[0] for r in plan))
+    return rows, plans
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return ""
@@ -295,6 +395,7 @@ def main() -> None:
     parser.add_argument("--wait", type=float, default=120.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--skip-serve", action="store_true")
+    parser.add_argument("--pg-requests", type=int, default=400_000)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as cache_dir:
         cache = Path(cache_dir)
@@ -325,6 +426,11 @@ def main() -> None:
             o = sum(r[key] for r in oldest) / len(oldest)
             print(f"\n{key}: fair / oldest = {f / o:.3f}", end="")
         print()
+    if args.pg_requests:
+        rows, plans = claim_cost(args)
+        print(f"\n## The claim on PostgreSQL, {args.pg_requests} requests in the table\n")
+        print(table(rows))
+        print("\n" + "\n".join(plans))
 
 
 if __name__ == "__main__":
