@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, select, tuple_, update
+from sqlalchemy import ColumnElement, and_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from genq.store.status import JobStatus, RequestStatus, sources
@@ -16,6 +16,17 @@ from genq.store.tables import Job, Request, utcnow
 from genq.store.tally import PLAIN, Tally, apply_tallies, cancel_requests
 
 _R = RequestStatus
+
+
+_CANCELLING = select(Job.id).where(Job.status == JobStatus.CANCELLING)
+
+
+def _held_by(worker_id: str, held: Sequence[tuple[str, int]]) -> ColumnElement[bool]:
+    """The ``(request_id, fence)`` claims, as long as ``worker_id`` still holds them."""
+    return and_(
+        tuple_(Request.id, Request.fence).in_([tuple(item) for item in held]),
+        Request.lease_owner == worker_id,
+    )
 
 
 def renew(
@@ -33,11 +44,7 @@ def renew(
     now = now or utcnow()
     if not held:
         return set()
-    mine = and_(
-        tuple_(Request.id, Request.fence).in_([tuple(item) for item in held]),
-        Request.lease_owner == worker_id,
-    )
-    cancelling = select(Job.id).where(Job.status == JobStatus.CANCELLING)
+    mine, cancelling = _held_by(worker_id, held), _CANCELLING
     # Requests before jobs, the order every store write locks in.
     renewed = session.execute(
         update(Request)
@@ -63,11 +70,7 @@ def cancel_claims(
     now = now or utcnow()
     if not held:
         return set()
-    mine = and_(
-        tuple_(Request.id, Request.fence).in_([tuple(item) for item in held]),
-        Request.lease_owner == worker_id,
-    )
-    cancelling = select(Job.id).where(Job.status == JobStatus.CANCELLING)
+    mine, cancelling = _held_by(worker_id, held), _CANCELLING
     (running,) = sources(_R.RUNNING, to=_R.CANCELLED)
     dropped = session.execute(
         update(Request)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -67,18 +68,9 @@ def backlogs(session: Reader, *, model: str, job_id: str | None = None) -> list[
     requests and work per request, for :func:`genq.fairshare.pick`. Jobs come through the
     (status, model) index of jobs; running requests through the (status, model, ...) index of
     requests, whose running range is bounded by what the workers hold."""
-    jobs = select(
-        Job.id,
-        Job.tenant,
-        Job.priority,
-        Job.created_at,
-        Job.total,
-        Job.succeeded,
-        Job.failed,
-        Job.cancelled,
-        Job.refused,
-        Job.work,
-    ).where(Job.status.in_(OPEN_JOBS), Job.model == model)
+    jobs = select(*_COUNTED, Job.priority, Job.created_at).where(
+        Job.status.in_(OPEN_JOBS), Job.model == model
+    )
     if job_id is not None:
         jobs = jobs.where(Job.id == job_id)
     rows = session.execute(jobs).all()
@@ -88,13 +80,13 @@ def backlogs(session: Reader, *, model: str, job_id: str | None = None) -> list[
     found = []
     for row in rows:
         running = held.get(row.id, 0)
-        open_ = row.total - row.succeeded - row.failed - row.cancelled
+        open_ = _open(row)
         found.append(
             Backlog(
                 job_id=row.id,
                 tenant=row.tenant,
                 queued=max(0, open_ - running),
-                cost=_cost(row.work, row.total - row.refused),
+                cost=_cost(row),
                 priority=row.priority,
                 running=running,
                 age=(row.created_at, row.id),
@@ -193,25 +185,16 @@ def set_tenant(
 def usage(session: Reader, *, tenant: str | None = None) -> dict[str, TenantUsage]:
     """Accepted, unfinished work per tenant (or of ``tenant`` only), from its unfinished jobs'
     counters and the running requests. Tokens are the estimate work is measured in."""
-    jobs = select(
-        Job.id,
-        Job.tenant,
-        Job.total,
-        Job.succeeded,
-        Job.failed,
-        Job.cancelled,
-        Job.refused,
-        Job.work,
-    ).where(Job.status.in_(UNFINISHED_JOBS))
+    jobs = select(*_COUNTED).where(Job.status.in_(UNFINISHED_JOBS))
     if tenant is not None:
         jobs = jobs.where(Job.tenant == tenant)
     rows = session.execute(jobs).all()
     held = running_by_job(session) if rows else {}
     totals: dict[str, list[float]] = {}
     for row in rows:
-        open_ = row.total - row.succeeded - row.failed - row.cancelled
+        open_ = _open(row)
         running = min(held.get(row.id, 0), open_)
-        cost = _cost(row.work, row.total - row.refused)
+        cost = _cost(row)
         t = totals.setdefault(row.tenant, [0, 0, 0.0, 0.0])
         t[0] += open_ - running
         t[1] += running
@@ -296,5 +279,25 @@ def check_quota(session: Session, *, tenant: str, defaults: TenantLimits) -> Non
         )
 
 
-def _cost(work: int, runnable: int) -> float:
-    return work / runnable if runnable > 0 and work > 0 else 1.0
+_COUNTED = (
+    Job.id,
+    Job.tenant,
+    Job.total,
+    Job.succeeded,
+    Job.failed,
+    Job.cancelled,
+    Job.refused,
+    Job.work,
+)
+"""A job's columns that tell its open requests and their work."""
+
+
+def _open(row: Any) -> int:
+    """Requests of the job not ended yet (queued or running)."""
+    return int(row.total - row.succeeded - row.failed - row.cancelled)
+
+
+def _cost(row: Any) -> float:
+    """Work per request of the job: its estimated work over the requests that can run."""
+    runnable = row.total - row.refused
+    return float(row.work / runnable) if runnable > 0 and row.work > 0 else 1.0

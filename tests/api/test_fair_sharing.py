@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy import func, select
 
@@ -24,6 +25,36 @@ def stored(service: Service) -> tuple[int, int]:
     return int(jobs or 0), int(requests or 0)
 
 
+def openai_line(n: int = 0) -> dict[str, Any]:
+    return {
+        "custom_id": f"l{n}",
+        "method": "POST",
+        "url": "/v1/completions",
+        "body": {"model": "tiny-gpt2", "prompt": "hi", "max_tokens": 2},
+    }
+
+
+def upload(service: Service, tenant: str, lines: list[dict[str, Any]]) -> str:
+    content = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    answer = service.client.post(
+        "/v1/files",
+        data={"purpose": "batch"},
+        files={"file": ("in.jsonl", content, "application/jsonl")},
+        headers=service.as_(tenant),
+    )
+    assert answer.status_code == 200, answer.text
+    return str(answer.json()["id"])
+
+
+def batch_body(file_id: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "input_file_id": file_id,
+        "endpoint": "/v1/completions",
+        "completion_window": "24h",
+        **extra,
+    }
+
+
 def test_a_quota_answers_429_with_retry_after_and_stores_nothing(
     backend_service: Callable[..., Service],
 ) -> None:
@@ -39,42 +70,11 @@ def test_a_quota_answers_429_with_retry_after_and_stores_nothing(
     assert stored(service) == (1, 8)
     # Another tenant has its own limit; a file job is checked the same way.
     assert client.post("/v1/jobs", json=prompts(10), headers=b).status_code == 202
-    lines = "".join(json.dumps({"prompt": f"line {i}"}) + "\n" for i in range(3))
-    upload = client.post(
-        "/v1/files",
-        data={"purpose": "batch"},
-        files={"file": ("in.jsonl", lines.encode(), "application/jsonl")},
-        headers=b,
-    ).json()
-    refused = client.post("/v1/jobs", json={"input_file_id": upload["id"]}, headers=b)
+    native = upload(service, "b", [{"prompt": f"line {i}"} for i in range(3)])
+    refused = client.post("/v1/jobs", json={"input_file_id": native}, headers=b)
     assert refused.status_code == 429
-    openai_lines = "".join(
-        json.dumps(
-            {
-                "custom_id": f"l{i}",
-                "method": "POST",
-                "url": "/v1/completions",
-                "body": {"model": "tiny-gpt2", "prompt": "hi", "max_tokens": 2},
-            }
-        )
-        + "\n"
-        for i in range(3)
-    )
-    openai_file = client.post(
-        "/v1/files",
-        data={"purpose": "batch"},
-        files={"file": ("in.jsonl", openai_lines.encode(), "application/jsonl")},
-        headers=b,
-    ).json()
-    batch = client.post(
-        "/v1/batches",
-        json={
-            "input_file_id": openai_file["id"],
-            "endpoint": "/v1/completions",
-            "completion_window": "24h",
-        },
-        headers=b,
-    )
+    openai_file = upload(service, "b", [openai_line(i) for i in range(3)])
+    batch = client.post("/v1/batches", json=batch_body(openai_file), headers=b)
     assert batch.status_code == 429
     assert stored(service) == (2, 18)
     with service.context.sessions.begin() as session:
@@ -82,9 +82,7 @@ def test_a_quota_answers_429_with_retry_after_and_stores_nothing(
     # A tenant's own, larger limit lets it through.
     with service.context.sessions.begin() as session:
         set_tenant(session, name="b", weight=None, max_queued_requests=100, max_queued_tokens=None)
-    assert (
-        client.post("/v1/jobs", json={"input_file_id": upload["id"]}, headers=b).status_code == 202
-    )
+    assert client.post("/v1/jobs", json={"input_file_id": native}, headers=b).status_code == 202
 
 
 def test_priority_is_checked_kept_and_read_back(service: Service) -> None:
@@ -94,25 +92,7 @@ def test_priority_is_checked_kept_and_read_back(service: Service) -> None:
     for bad in (101, "5", 1.5):
         answer = client.post("/v1/jobs", json=prompts(2, priority=bad), headers=a)
         assert answer.status_code == 422 and "priority" in answer.json()["error"]["message"]
-    lines = json.dumps(
-        {
-            "custom_id": "x",
-            "method": "POST",
-            "url": "/v1/completions",
-            "body": {"model": "tiny-gpt2", "prompt": "hi", "max_tokens": 2},
-        }
-    )
-    upload = client.post(
-        "/v1/files",
-        data={"purpose": "batch"},
-        files={"file": ("in.jsonl", lines.encode() + b"\n", "application/jsonl")},
-        headers=a,
-    ).json()
-    body = {
-        "input_file_id": upload["id"],
-        "endpoint": "/v1/completions",
-        "completion_window": "24h",
-    }
+    body = batch_body(upload(service, "a", [openai_line()]))
     bad = client.post("/v1/batches", json={**body, "metadata": {"priority": "high"}}, headers=a)
     assert bad.status_code == 422
     assert bad.json()["error"]["message"].startswith("metadata.priority")
@@ -169,23 +149,7 @@ def test_small_jobs_finish_before_a_large_job_that_started_first(
 
 def test_a_cancelled_openai_batch_says_when_it_was_asked(service: Service) -> None:
     client, a = service.client, service.as_("a")
-    line = {
-        "custom_id": "x",
-        "method": "POST",
-        "url": "/v1/completions",
-        "body": {"model": "tiny-gpt2", "prompt": "hi", "max_tokens": 2},
-    }
-    upload = client.post(
-        "/v1/files",
-        data={"purpose": "batch"},
-        files={"file": ("in.jsonl", json.dumps(line).encode() + b"\n", "application/jsonl")},
-        headers=a,
-    ).json()
-    body = {
-        "input_file_id": upload["id"],
-        "endpoint": "/v1/completions",
-        "completion_window": "24h",
-    }
+    body = batch_body(upload(service, "a", [openai_line()]))
     batch = client.post("/v1/batches", json=body, headers=a).json()
     assert batch["cancelling_at"] is None
     cancelled = client.post(f"/v1/batches/{batch['id']}/cancel", headers=a).json()
