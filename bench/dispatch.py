@@ -17,8 +17,10 @@ Prints numbers; it does not pass or fail.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +37,7 @@ from worker.service import Generator  # noqa: E402
 from worker.types import BatchReport, Choice, GenRequest, GenResult  # noqa: E402
 
 PROMPTS = Path(__file__).with_name("prompts.jsonl")
+REPO = Path(__file__).resolve().parents[1]
 TRIVIAL = "trivial"  # the model name the dispatch workers serve
 
 
@@ -96,14 +99,16 @@ def through_queue(
     return info.completion_tokens, elapsed, texts
 
 
-def dispatch(cluster, count: int) -> float:  # type: ignore[no-untyped-def]
+def dispatch(cluster, count: int, cpu: PgCpu) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """(requests/s from submit to the last result, PostgreSQL CPU ms per 1,000 requests)."""
     prompts = [f"request {i}" for i in range(count)]
     params = GenerationParams(max_new_tokens=1)
     cluster.wait_jobs([cluster.submit(prompts[:8], params)], timeout=120)
-    started = time.perf_counter()
+    started, used = time.perf_counter(), cpu.seconds()
     job = cluster.submit(prompts, params)
     cluster.wait_jobs([job], timeout=1800, every=0.02)
-    return count / (time.perf_counter() - started)
+    elapsed, used = time.perf_counter() - started, cpu.seconds() - used
+    return count / elapsed, used * 1e6 / count
 
 
 def embedded_dispatch(count: int, workdir: Path) -> float:
@@ -145,6 +150,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--dispatch-count", type=int, default=4000)
     parser.add_argument("--serve-trivial", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--skip-engine", action="store_true", help="only the dispatch part (no model)"
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run the dispatch workers of git revision REV, side by side",
+    )
     args = parser.parse_args()
     if args.serve_trivial:
         serve_trivial()
@@ -156,16 +169,33 @@ def main() -> None:
 
     prompts = load_prompts(args.count)
     params = GenerationParams(max_new_tokens=args.max_new_tokens)
-    engine = model_engine(get_settings(), args.model)()
-    alone(engine, prompts[:4], params)  # warm up
+    engine = None if args.skip_engine else model_engine(get_settings(), args.model)()
+    if engine is not None:
+        alone(engine, prompts[:4], params)  # warm up
     totals = {"alone": [0, 0.0], "queue": [0, 0.0]}
     same = 0
+    rates: dict[str, list[tuple[float, float]]] = {}
 
     with tempfile.TemporaryDirectory(prefix="genq-bench-") as tmp, running_pg_server() as pg:
         workdir = Path(tmp)
         redis = RedisServer(workdir)
         redis.start()
         clusters: list[Cluster] = []
+        commands = {"this tree": [sys.executable, str(Path(__file__).resolve()), "--serve-trivial"]}
+        if args.baseline:
+            tree = workdir / "baseline"
+            subprocess.run(
+                ["git", "worktree", "add", "--detach", str(tree), args.baseline],
+                cwd=REPO,
+                check=True,
+                capture_output=True,
+            )
+            # Its own directory comes first on its sys.path: its genq, not this tree's.
+            commands[f"baseline {args.baseline}"] = [
+                sys.executable,
+                str(tree / "bench" / "dispatch.py"),
+                "--serve-trivial",
+            ]
         try:
 
             def cluster(name: str, model: str) -> Cluster:
@@ -193,46 +223,102 @@ def main() -> None:
                 clusters.append(built)
                 return built
 
-            full = cluster("bench_full", args.model)
-            full.start_worker()
-            through_queue(full, prompts[:4], params)  # warm up
-            # Rounds alternate, so that load from elsewhere on the machine hits both alike.
-            for _ in range(args.rounds):
-                tokens, seconds, alone_texts = alone(engine, prompts, params)
-                totals["alone"][0] += tokens
-                totals["alone"][1] += seconds
-                tokens, seconds, queue_texts = through_queue(full, prompts, params)
-                totals["queue"][0] += tokens
-                totals["queue"][1] += seconds
-                same += sum(a == b for a, b in zip(alone_texts, queue_texts, strict=True))
-            full.close()
+            if engine is not None:
+                full = cluster("bench_full", args.model)
+                full.start_worker()
+                through_queue(full, prompts[:4], params)  # warm up
+                # Rounds alternate, so that load from elsewhere on the machine hits both alike.
+                for _ in range(args.rounds):
+                    tokens, seconds, alone_texts = alone(engine, prompts, params)
+                    totals["alone"][0] += tokens
+                    totals["alone"][1] += seconds
+                    tokens, seconds, queue_texts = through_queue(full, prompts, params)
+                    totals["queue"][0] += tokens
+                    totals["queue"][1] += seconds
+                    same += sum(a == b for a, b in zip(alone_texts, queue_texts, strict=True))
+                full.close()
 
-            trivial = cluster("bench_dispatch", TRIVIAL)
-            command = [sys.executable, str(Path(__file__).resolve()), "--serve-trivial"]
-            trivial.start_worker(command=command)
-            one = dispatch(trivial, args.dispatch_count)
-            trivial.start_worker(command=command)
-            two = dispatch(trivial, args.dispatch_count)
+            # Each code's workers in turn, rounds in alternating order.
+            for n in range(args.rounds):
+                names = list(commands) if n % 2 == 0 else list(commands)[::-1]
+                for name in names:
+                    trivial = cluster(f"bench_dispatch_{n}_{len(clusters)}", TRIVIAL)
+                    cpu = PgCpu(pg)
+                    trivial.start_worker(command=commands[name])
+                    one = dispatch(trivial, args.dispatch_count, cpu)
+                    trivial.start_worker(command=commands[name])
+                    two = dispatch(trivial, args.dispatch_count, cpu)
+                    rates.setdefault(name, []).extend([one, two])
+                    trivial.close()
             embedded = embedded_dispatch(args.dispatch_count, workdir)
         finally:
             for built in clusters:
                 built.close()
             redis.stop()
+            if args.baseline:
+                subprocess.run(
+                    ["git", "worktree", "remove", "--force", str(workdir / "baseline")],
+                    cwd=REPO,
+                    check=False,
+                    capture_output=True,
+                )
 
-    alone_tps = totals["alone"][0] / totals["alone"][1]
-    queue_tps = totals["queue"][0] / totals["queue"][1]
+    print(f"{os.cpu_count()} CPUs")
+    if engine is not None:
+        alone_tps = totals["alone"][0] / totals["alone"][1]
+        queue_tps = totals["queue"][0] / totals["queue"][1]
+        print(
+            f"model {args.model}, {args.count} prompts x {args.rounds} rounds, max_new_tokens "
+            f"{args.max_new_tokens}"
+        )
+        print(f"engine in process          {alone_tps:8.1f} completion tokens/s")
+        print(f"submit->Redis->worker->DB  {queue_tps:8.1f} completion tokens/s")
+        print(f"ratio full / engine        {queue_tps / alone_tps:8.2f}x   (target >= 0.9x)")
+        print(f"identical texts            {same}/{len(prompts) * args.rounds}")
     print(
-        f"model {args.model}, {args.count} prompts x {args.rounds} rounds, max_new_tokens "
-        f"{args.max_new_tokens}, {os.cpu_count()} CPUs"
+        f"dispatch, trivial generator, {args.dispatch_count} requests, Redis + PostgreSQL "
+        f"(requests/s, PostgreSQL CPU ms per 1,000 requests; each round):"
     )
-    print(f"engine in process          {alone_tps:8.1f} completion tokens/s")
-    print(f"submit->Redis->worker->DB  {queue_tps:8.1f} completion tokens/s")
-    print(f"ratio full / engine        {queue_tps / alone_tps:8.2f}x   (target >= 0.9x)")
-    print(f"identical texts            {same}/{len(prompts) * args.rounds}")
-    print(f"dispatch, trivial generator, {args.dispatch_count} requests:")
-    print(f"  1 worker  (Redis + PostgreSQL) {one:8.0f} requests/s")
-    print(f"  2 workers (Redis + PostgreSQL) {two:8.0f} requests/s")
-    print(f"  embedded  (SQLite, no Redis)   {embedded:8.0f} requests/s")
+    print(f"| workers' code | {'1 worker':>22} | {'2 workers':>22} |")
+    print("|---|---|---|")
+    for name, found in rates.items():
+        for one, two in zip(found[::2], found[1::2], strict=True):
+            print(
+                f"| {name} | {one[0]:8.0f} req/s {one[1]:6.0f} ms | {two[0]:8.0f} req/s "
+                f"{two[1]:6.0f} ms |"
+            )
+    if len(rates) == 2:
+        mine, base = (sum(r[0] for r in v) / len(v) for v in rates.values())
+        print(f"this tree / baseline: {mine / base:.2f}x requests/s (mean over rounds)")
+    print(f"embedded (SQLite, no Redis, this tree): {embedded:8.0f} requests/s")
+
+
+class PgCpu:
+    """CPU time of a PostgreSQL server, its backends included: the postmaster's own and its
+    reaped children's (from /proc), plus every live child's."""
+
+    def __init__(self, pg) -> None:  # type: ignore[no-untyped-def]
+        with pg.admin() as conn:
+            backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        self.postmaster = int(_stat(backend)[1])
+
+    def seconds(self) -> float:
+        tick = os.sysconf("SC_CLK_TCK")
+        fields = _stat(self.postmaster)
+        total = sum(int(f) for f in fields[11:15])
+        for children in Path(f"/proc/{self.postmaster}/task").glob("*/children"):
+            for pid in children.read_text().split():
+                # One that exited meanwhile is counted in the postmaster's cutime once reaped.
+                with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                    total += sum(int(f) for f in _stat(int(pid))[11:13])
+        return total / tick
+
+
+def _stat(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name: [0] state, [1] ppid, [11] utime,
+    [12] stime, [13] cutime, [14] cstime (clock ticks)."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return text[text.rindex(")") + 2 :].split()
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from genq.store import (
     claim,
     complete_many,
     record_batch,
-    release,
+    release_many,
     renew,
     session_factory,
     unstarted_job,
@@ -460,8 +460,7 @@ def _release(rt: Runtime, claims: Sequence[Claim]) -> None:
         return
     try:
         with rt.sessions.begin() as session:
-            for c in sorted(claims, key=lambda c: c.request_id):
-                release(session, request_id=c.request_id, fence=c.fence)
+            release_many(session, items=[(c.request_id, c.fence) for c in claims])
     except Exception:  # noqa: BLE001 - the leases expire and the reconciler takes over
         ids = [c.request_id for c in claims]
         extra = {"worker_id": rt.worker_id, "request_ids": ids}

@@ -6,7 +6,14 @@ transaction per unit of work with ``with sessions.begin() as session: ...``."""
 from __future__ import annotations
 
 from genq.store.batches import list_batches, record_batch
-from genq.store.claims import any_claimable, claim, complete, complete_many, release
+from genq.store.claims import (
+    any_claimable,
+    claim,
+    complete,
+    complete_many,
+    release,
+    release_many,
+)
 from genq.store.db import make_engine, session_factory, upgrade
 from genq.store.jobs import cancel_job, create_job, find_job, get_job, list_results
 from genq.store.leases import (
@@ -63,6 +70,7 @@ __all__ = [
     "reap",
     "record_batch",
     "release",
+    "release_many",
     "release_orphans",
     "renew",
     "session_factory",

@@ -12,7 +12,7 @@ from dataclasses import asdict, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, and_, insert, or_, select, update
+from sqlalchemy import ColumnElement, and_, case, insert, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from genq.fairshare import pick
@@ -188,34 +188,31 @@ def complete_many(
     as the request's failure. An item whose request is no longer running under that fence is
     refused (False at its position) and writes nothing. Job counters and status move here too.
 
-    Write a batch through this, not a loop of :func:`complete` in one transaction: it locks
-    requests, then jobs, each in id order, so two workers finishing requests of the same jobs
-    cannot deadlock."""
+    A constant number of statements per batch, whatever its size: one UPDATE for the
+    successes and one for the failures (each fenced, returning what it moved), one INSERT of
+    the result rows, then one UPDATE per job. Write a batch through this, not a loop of
+    :func:`complete` in one transaction: requests are locked before jobs, and jobs in id
+    order, so two workers finishing requests of the same jobs cannot deadlock."""
     now = now or utcnow()
     done = [False] * len(items)
+    first: dict[tuple[str, int], int] = {}
+    for pos, (request_id, fence, _) in enumerate(items):
+        first.setdefault((request_id, fence), pos)  # a repeat of an item is refused
+    moved: dict[tuple[str, int], Any] = {}
+    for ok in (True, False):
+        chosen = [k for k, pos in first.items() if (items[pos][2].error is None) == ok]
+        moved |= _end_requests(session, chosen, items=items, first=first, ok=ok, now=now)
     results: list[dict[str, Any]] = []
     tallies: dict[str, Tally] = {}
-    for pos in sorted(range(len(items)), key=lambda i: items[i][0]):
-        request_id, fence, outcome = items[pos]
-        ok = outcome.error is None
-        status = _R.SUCCEEDED if ok else _R.FAILED
-        row = session.execute(
-            update(Request)
-            .where(
-                Request.id == request_id,
-                Request.fence == fence,
-                Request.status.in_(sources(_R.RUNNING, to=status)),
-            )
-            .values(status=status, error=outcome.error, lease_expires_at=None, updated_at=now)
-            .returning(Request.job_id, Request.lease_owner),
-            execution_options=PLAIN,
-        ).one_or_none()
+    for (request_id, fence), pos in sorted(first.items()):
+        row = moved.get((request_id, fence))
         if row is None:
             continue
+        outcome = items[pos][2]
         done[pos] = True
         tally = tallies.setdefault(row.job_id, Tally())
         tally.prompt_tokens += outcome.prompt_tokens
-        if not ok:
+        if outcome.error is not None:
             tally.failed += 1
             continue
         tally.succeeded += 1
@@ -238,6 +235,39 @@ def complete_many(
     return done
 
 
+def _end_requests(
+    session: Session,
+    keys: Sequence[tuple[str, int]],
+    *,
+    items: Sequence[tuple[str, int, Outcome]],
+    first: dict[tuple[str, int], int],
+    ok: bool,
+    now: datetime,
+) -> dict[tuple[str, int], Any]:
+    """Move the running requests of ``keys`` ``(request_id, fence)`` to succeeded (``ok``) or
+    failed with each one's error, in one statement; returns the moved rows by key."""
+    if not keys:
+        return {}
+    status = _R.SUCCEEDED if ok else _R.FAILED
+    error: Any = None
+    if not ok:
+        error = case(
+            {request_id: items[first[(request_id, fence)]][2].error for request_id, fence in keys},
+            value=Request.id,
+        )
+    rows = session.execute(
+        update(Request)
+        .where(
+            tuple_(Request.id, Request.fence).in_(list(keys)),
+            Request.status.in_(sources(_R.RUNNING, to=status)),
+        )
+        .values(status=status, error=error, lease_expires_at=None, updated_at=now)
+        .returning(Request.id, Request.fence, Request.job_id, Request.lease_owner),
+        execution_options=PLAIN,
+    ).all()
+    return {(row.id, row.fence): row for row in rows}
+
+
 def release(
     session: Session,
     *,
@@ -250,12 +280,25 @@ def release(
     gives its attempt back; with one (a retryable failure) the attempt counts and the error is
     kept as the request's last, which the reconciler reports if it gives up. In a cancelling
     job the request is cancelled instead. False for a stale claim."""
+    return bool(release_many(session, items=[(request_id, fence)], error=error, now=now))
+
+
+def release_many(
+    session: Session,
+    *,
+    items: Sequence[tuple[str, int]],
+    error: str | None = None,
+    now: datetime | None = None,
+) -> set[str]:
+    """:func:`release` for many ``(request_id, fence)`` claims at once, in two statements
+    (and one per job whose counters move); returns the ids put back or cancelled."""
     now = now or utcnow()
-    row = session.execute(
+    if not items:
+        return set()
+    rows = session.execute(
         update(Request)
         .where(
-            Request.id == request_id,
-            Request.fence == fence,
+            tuple_(Request.id, Request.fence).in_([tuple(item) for item in items]),
             Request.status.in_(sources(_R.RUNNING, to=_R.QUEUED)),
         )
         .values(
@@ -267,17 +310,20 @@ def release(
             announced_at=None,  # so the reconciler announces it again at its next pass
             updated_at=now,
         )
-        .returning(Request.job_id),
+        .returning(Request.id),
         execution_options=PLAIN,
-    ).one_or_none()
-    if row is None:
-        return False
+    ).all()
+    released = {row.id for row in rows}
+    if not released:
+        return released
     cancelling = select(Job.id).where(Job.status == JobStatus.CANCELLING)
     _, tallies = cancel_requests(
-        session, where=and_(Request.id == request_id, Request.job_id.in_(cancelling)), now=now
+        session,
+        where=and_(Request.id.in_(sorted(released)), Request.job_id.in_(cancelling)),
+        now=now,
     )
     apply_tallies(session, tallies, now=now)
-    return True
+    return released
 
 
 FAIR_ROUNDS = 3
