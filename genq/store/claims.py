@@ -12,7 +12,7 @@ from dataclasses import asdict, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, and_, case, insert, or_, select, tuple_, update
+from sqlalchemy import ColumnElement, and_, case, insert, or_, select, text, tuple_, update
 from sqlalchemy.orm import Session
 
 from genq.fairshare import pick
@@ -326,6 +326,10 @@ def release_many(
     return released
 
 
+QUEUED_INDEXED = text("requests.status = 'queued'")
+"""The predicate of the partial index of queued requests, written as it is there: a bound
+value would not let a generic plan use that index."""
+
 FAIR_ROUNDS = 3
 """Passes of the fair pick: a job that gave fewer requests than its counters promised (another
 worker took some meanwhile) leaves its part of the window to the others in the next pass."""
@@ -341,7 +345,7 @@ def _pick_fair(
     default_weight: float,
 ) -> list[str]:
     """Queued requests for a window as genq.fairshare shares it: per job, its first queued
-    requests in input order, read through the (job_id, status, idx) index."""
+    requests in input order, read through the partial index of queued requests."""
     ids: list[str] = []
     found = backlogs(session, model=model, job_id=job_id)
     weights = tenant_weights(session, {b.tenant for b in found})
@@ -353,7 +357,12 @@ def _pick_fair(
             break
         short = set()
         for job, count in sorted(shares.items()):
-            got = _pick(session, and_(Request.job_id == job, queued), limit=count, by_idx=True)
+            got = _pick(
+                session,
+                and_(Request.job_id == job, QUEUED_INDEXED, queued),
+                limit=count,
+                by_idx=True,
+            )
             ids += got
             if len(got) < count:
                 short.add(job)

@@ -31,6 +31,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -157,8 +158,16 @@ class Request(Base):
         # Claim-any scans (status, model) oldest first; the reconciler scans running leases
         # and queued announcements through the same prefix.
         Index(None, "status", "model", "created_at", "idx"),
-        # The fair claim takes one job's queued requests in input order.
-        Index(None, "job_id", "status", "idx"),
+        # The fair claim takes one job's queued requests in input order. Partial: a request
+        # leaving the queue is no new entry here (a status change is never a HOT update, so
+        # every index over requests would otherwise grow by one per claim and per result).
+        Index(
+            "ix_requests_queued_job_id_idx",
+            "job_id",
+            "idx",
+            postgresql_where=text("status = 'queued'"),
+            sqlite_where=text("status = 'queued'"),
+        ),
         CheckConstraint("(prompt IS NULL) <> (messages IS NULL)", name="prompt_xor_messages"),
     )
 

@@ -6,7 +6,8 @@ indexes the fair claim reads through, and when an OpenAI batch was asked to canc
 - ``tenants`` holds what differs from the ``GENQ_*`` defaults: weight, queued-request and
   queued-token limits.
 - ``ix_jobs_status_model``: the fair claim reads the open jobs of one model;
-  ``ix_requests_job_id_status_idx``: then takes one job's queued requests in input order.
+  ``ix_requests_queued_job_id_idx`` (partial, queued requests only): then takes one job's
+  queued requests in input order.
 
 Revision ID: 0006
 Revises: 0005
@@ -47,9 +48,11 @@ def upgrade() -> None:
             "ix_jobs_status_model", "jobs", ["status", "model"], postgresql_concurrently=True
         )
         op.create_index(
-            "ix_requests_job_id_status_idx",
+            "ix_requests_queued_job_id_idx",
             "requests",
-            ["job_id", "status", "idx"],
+            ["job_id", "idx"],
+            postgresql_where=sa.text("status = 'queued'"),
+            sqlite_where=sa.text("status = 'queued'"),
             postgresql_concurrently=True,
         )
 
@@ -57,7 +60,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     with op.get_context().autocommit_block():
         op.drop_index(
-            "ix_requests_job_id_status_idx", table_name="requests", postgresql_concurrently=True
+            "ix_requests_queued_job_id_idx", table_name="requests", postgresql_concurrently=True
         )
         op.drop_index("ix_jobs_status_model", table_name="jobs", postgresql_concurrently=True)
     op.drop_table("tenants")
