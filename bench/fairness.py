@@ -291,6 +291,7 @@ def claim_cost(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[str
     from sqlalchemy import text, update
 
     from genq.store import claim
+    from genq.store.claims import _SHARES_PG
     from genq.store.tables import Request
     from tests.conftest import running_pg_server
 
@@ -352,7 +353,7 @@ def claim_cost(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[str
                 }
             )
         with sessions.begin() as session:
-            job_id = session.scalar(text("SELECT id FROM jobs LIMIT 1"))
+            job_id, job2 = session.scalars(text("SELECT id FROM jobs LIMIT 2")).all()
             for label, sql in (
                 (
                     "open jobs",
@@ -364,12 +365,13 @@ def claim_cost(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[str
                     "AND model = :m GROUP BY job_id",
                 ),
                 (
-                    "one job's share",
-                    "SELECT id FROM requests WHERE job_id = :j AND status = 'queued' "
-                    "AND attempts < 3 ORDER BY idx LIMIT 64 FOR UPDATE SKIP LOCKED",
+                    "every job's share, one statement (two jobs shown)",
+                    _SHARES_PG.format(rows="(:j, 64), (:j2, 64)").replace(":max_attempts", "3"),
                 ),
             ):
-                plan = session.execute(text("EXPLAIN " + sql), {"m": MODEL, "j": job_id})
+                plan = session.execute(
+                    text("EXPLAIN " + sql), {"m": MODEL, "j": job_id, "j2": job2}
+                )
                 plans.append(f"{label}:\n    " + "\n    ".join(r[0] for r in plan))
     return rows, plans
 

@@ -84,6 +84,7 @@ def claim(
                 queued=queued,
                 limit=limit - len(ids),
                 default_weight=default_weight,
+                max_attempts=max_attempts,
             )
         else:
             ids += _pick(session, and_(*scope, queued), limit=limit - len(ids))
@@ -343,6 +344,7 @@ def _pick_fair(
     queued: ColumnElement[bool],
     limit: int,
     default_weight: float,
+    max_attempts: int,
 ) -> list[str]:
     """Queued requests for a window as genq.fairshare shares it: per job, its first queued
     requests in input order, read through the partial index of queued requests."""
@@ -356,13 +358,9 @@ def _pick_fair(
         if not shares:
             break
         short = set()
+        taken = _take_shares(session, shares, queued=queued, max_attempts=max_attempts)
         for job, count in sorted(shares.items()):
-            got = _pick(
-                session,
-                and_(Request.job_id == job, QUEUED_INDEXED, queued),
-                limit=count,
-                by_idx=True,
-            )
+            got = taken.get(job, [])
             ids += got
             if len(got) < count:
                 short.add(job)
@@ -375,6 +373,45 @@ def _pick_fair(
             for b in found
         ]
     return ids
+
+
+_SHARES_PG = """
+SELECT r.job_id, r.id FROM (VALUES {rows}) AS v(job_id, n)
+CROSS JOIN LATERAL (
+    SELECT requests.id, requests.job_id, requests.idx FROM requests
+    WHERE requests.job_id = v.job_id AND requests.status = 'queued'
+        AND requests.attempts < :max_attempts
+    ORDER BY requests.idx LIMIT v.n
+    FOR UPDATE SKIP LOCKED
+) AS r
+ORDER BY r.job_id, r.idx
+"""
+
+
+def _take_shares(
+    session: Session,
+    shares: dict[str, int],
+    *,
+    queued: ColumnElement[bool],
+    max_attempts: int,
+) -> dict[str, list[str]]:
+    """Each job's first ``shares[job]`` queued requests, in input order, locked (skipping
+    those another claim holds). On PostgreSQL one statement for every job (a LATERAL join of
+    the shares to the partial index); elsewhere one per job."""
+    taken: dict[str, list[str]] = {}
+    if session.get_bind().dialect.name == "postgresql":
+        jobs = sorted(shares)
+        rows = ", ".join(f"(:j{i}, CAST(:n{i} AS integer))" for i in range(len(jobs)))
+        params: dict[str, Any] = {"max_attempts": max_attempts}
+        for i, job in enumerate(jobs):
+            params[f"j{i}"], params[f"n{i}"] = job, shares[job]
+        for job, request_id in session.execute(text(_SHARES_PG.format(rows=rows)), params):
+            taken.setdefault(job, []).append(request_id)
+        return taken
+    for job, count in sorted(shares.items()):
+        where = and_(Request.job_id == job, QUEUED_INDEXED, queued)
+        taken[job] = _pick(session, where, limit=count, by_idx=True)
+    return taken
 
 
 def _pick(
