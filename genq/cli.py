@@ -254,6 +254,37 @@ def _limit(value: int | None) -> str:
 
 
 @app.command()
+def compose(
+    gpus: Annotated[int, typer.Option(min=1, help="workers, one per GPU (ids 0..N-1)")] = 1,
+    gpu_ids: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="comma-separated device ids instead, e.g. 0,2,3"),
+    ] = None,
+    base: Annotated[
+        Path, typer.Option(exists=True, dir_okay=False, help="the compose file to start from")
+    ] = Path("docker-compose.yml"),
+    output: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--output", "-o", help="write here instead of standard output"),
+    ] = None,
+) -> None:
+    """A compose file with one worker service per GPU, each reserving its own device (what
+    `--scale worker=N` cannot promise)."""
+    from genq.compose import render
+
+    ids = [g.strip() for g in gpu_ids.split(",")] if gpu_ids else [str(n) for n in range(gpus)]
+    try:
+        text = render(base, ids)
+    except ValueError as exc:
+        raise _fail(GenqError(str(exc))) from None
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        output.write_text(text)
+        typer.echo(f"wrote {output}: {len(ids)} workers", err=True)
+
+
+@app.command()
 def serve(
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8000,

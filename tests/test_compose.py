@@ -66,3 +66,70 @@ def test_every_genq_command_exists_in_the_cli(compose: dict) -> None:  # type: i
         words = [w for w in service["command"] if not w.startswith("-")]
         assert tuple(words[:2]) in known or tuple(words[:1]) in known, service["command"]
         assert service["environment"]["GENQ_DATABASE_URL"].startswith("postgresql+psycopg://")
+
+
+def _compose_cli() -> list[str] | None:
+    """``docker compose`` or ``docker-compose``, when one is installed."""
+    import shutil
+    import subprocess
+
+    for command in (["docker", "compose"], ["docker-compose"]):
+        if shutil.which(command[0]) is None:
+            continue
+        found = subprocess.run([*command, "version"], capture_output=True, check=False)
+        if found.returncode == 0:
+            return command
+    return None
+
+
+def test_genq_compose_gives_each_worker_its_own_gpu(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    out = tmp_path / "docker-compose.gpus.yml"
+    base = ROOT / "docker-compose.yml"
+    result = CliRunner().invoke(
+        app, ["compose", "--gpu-ids", "0,2,3", "--base", str(base), "-o", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    made = yaml.safe_load(out.read_text())
+    services = made["services"]
+    workers = {name: s for name, s in services.items() if name.startswith("worker")}
+    assert sorted(workers) == ["worker-0", "worker-1", "worker-2"]
+    devices = []
+    for worker in workers.values():
+        [device] = worker["deploy"]["resources"]["reservations"]["devices"]
+        assert "count" not in device and device["capabilities"] == ["gpu"]
+        devices += device["device_ids"]
+    assert devices == ["0", "2", "3"]  # each a different device
+    original = yaml.safe_load(base.read_text())["services"]
+    for name in ("redis", "postgres", "migrate", "api"):
+        assert services[name] == original[name]
+    for worker in workers.values():
+        assert worker["command"] == original["worker"]["command"]
+    again = CliRunner().invoke(app, ["compose", "--gpu-ids", "1,1", "--base", str(base)])
+    assert again.exit_code == 2 and "distinct" in again.output
+
+
+@pytest.mark.skipif(_compose_cli() is None, reason="no docker compose here to validate with")
+def test_the_per_gpu_file_passes_docker_compose_config(tmp_path: Path) -> None:
+    import subprocess
+
+    from typer.testing import CliRunner
+
+    out = tmp_path / "docker-compose.gpus.yml"
+    base = ROOT / "docker-compose.yml"
+    result = CliRunner().invoke(
+        app, ["compose", "--gpus", "2", "--base", str(base), "-o", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    cli = _compose_cli()
+    assert cli is not None
+
+    checked = subprocess.run(
+        [*cli, "-f", str(out), "config", "--quiet"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,  # the file builds "." : the repository
+    )
+    assert checked.returncode == 0, checked.stderr
