@@ -302,13 +302,19 @@ def public(session: Session, row: OpenAIBatch) -> dict[str, Any]:
     }
 
 
-def file_public(session: Session, *, tenant: str, file_id: str) -> dict[str, Any]:
+def file_public(
+    session: Session, *, tenant: str, file_id: str, retention_days: float = 0
+) -> dict[str, Any]:
+    """A file as OpenAI clients read it; ``expires_at`` is when retention deletes it (none
+    while a batch still names it past then, and never with ``retention_days`` 0)."""
     info = get_file(session, tenant=tenant, file_id=file_id)
+    expires = info.created_at + timedelta(days=retention_days) if retention_days else None
     return {
         "id": info.id,
         "object": "file",
         "bytes": info.bytes,
         "created_at": _ts(info.created_at),
+        "expires_at": _ts(expires),
         "filename": info.filename,
         "purpose": info.purpose,
         "status": "processed",

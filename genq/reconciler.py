@@ -6,6 +6,7 @@ error, so a poison request stops looping. Workers run it in a thread; ``genq rec
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -14,6 +15,8 @@ from genq.periodic import Periodic
 from genq.producer import Publisher, publish_announcements
 from genq.settings import Settings
 from genq.store import ReapReport, reap
+from genq.store.retention import PruneReport, prune
+from genq.store.tables import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +47,36 @@ def reconcile_once(
             len(report.unannounced),
             extra={"request_ids": ids},
         )
+    if settings.retention_days:
+        prune_due(sessions, settings)
     return report
+
+
+PRUNE_PASSES = 20
+"""Most retention batches one reconciler pass deletes; the next pass goes on."""
+
+
+def prune_due(sessions: sessionmaker[Session], settings: Settings) -> PruneReport:
+    """Delete what is past ``settings.retention_days``, a bounded batch per transaction."""
+    before = utcnow() - timedelta(days=settings.retention_days)
+    total = PruneReport()
+    for _ in range(PRUNE_PASSES):
+        with sessions.begin() as session:
+            done = prune(session, before=before)
+        for name in ("requests", "jobs", "batches", "files"):
+            setattr(total, name, getattr(total, name) + getattr(done, name))
+        if not done.deleted:
+            break
+    if total.deleted:
+        log.info(
+            "retention: deleted %d jobs, %d requests, %d batches, %d files ended before %s",
+            total.jobs,
+            total.requests,
+            total.batches,
+            total.files,
+            before.isoformat(),
+        )
+    return total
 
 
 class Reconciler(Periodic):

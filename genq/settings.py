@@ -122,6 +122,9 @@ class Settings(BaseSettings):
     # "fair" shares each claim window between tenants and jobs; "oldest" takes the oldest
     # requests first (for comparison: one large job then holds every worker until it is done).
     claim_order: Literal["fair", "oldest"] = "fair"
+    # Finished jobs (requests, results, their OpenAI batch) and files older than this many days
+    # are deleted by the reconciler; 0 keeps everything.
+    retention_days: float = Field(default=30, ge=0)
     # Long-running commands (worker, serve, api, reconcile) log text lines, or JSON lines that
     # carry job, request, batch and worker ids as fields (genq.logs).
     log_format: Literal["text", "json"] = "text"

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import Response
 
-from api.deps import SessionDep, TenantDep
+from api.deps import ContextDep, SessionDep, TenantDep
 from api.openapi import non_json
 from genq.intake import check_upload
 from genq.openai_batches import file_public
@@ -22,16 +22,21 @@ def upload(
     tenant: TenantDep,
     file: Annotated[UploadFile, File()],
     purpose: Annotated[str, Form()],
+    context: ContextDep,
 ) -> dict[str, Any]:
     content = file.file.read()
     filename = check_upload(purpose=purpose, filename=file.filename, content=content)
     info = create_file(session, tenant=tenant, purpose=purpose, filename=filename, content=content)
-    return file_public(session, tenant=tenant, file_id=info.id)
+    days = context.settings.retention_days
+    return file_public(session, tenant=tenant, file_id=info.id, retention_days=days)
 
 
 @router.get("/{file_id}")
-def read(file_id: str, session: SessionDep, tenant: TenantDep) -> dict[str, Any]:
-    return file_public(session, tenant=tenant, file_id=file_id)
+def read(
+    file_id: str, session: SessionDep, tenant: TenantDep, context: ContextDep
+) -> dict[str, Any]:
+    days = context.settings.retention_days
+    return file_public(session, tenant=tenant, file_id=file_id, retention_days=days)
 
 
 @router.get(
