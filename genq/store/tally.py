@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import ColumnElement, and_, or_, update
+from sqlalchemy import ColumnElement, and_, case, or_, select, update
 from sqlalchemy.orm import Session
 
 from genq.store.status import JobStatus, RequestStatus, check_transition, sources
@@ -29,30 +30,32 @@ class Tally:
 
 
 def apply_tallies(session: Session, tallies: Mapping[str, Tally], *, now: datetime) -> None:
-    """Add each job's increments and settle its status. Jobs go in id order so two
-    transactions that end requests of the same jobs lock those rows in the same order."""
-    for job_id in sorted(tallies):
-        _apply(session, job_id, tallies[job_id], now=now)
-
-
-def _apply(session: Session, job_id: str, tally: Tally, *, now: datetime) -> None:
-    # One UPDATE adds and reads back: on PostgreSQL it holds the row lock from here to commit,
-    # so the counts it returns include every other committed transaction's.
-    row = session.execute(
+    """Add each job's increments and settle its status, in one UPDATE whatever the number of
+    jobs (each counter moves by a CASE on the job id). On PostgreSQL the jobs are locked in id
+    order first, so two transactions that end requests of the same jobs cannot deadlock."""
+    jobs = sorted(tallies)  # an empty tally still settles its job (a cancel's)
+    if not jobs:
+        return
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(Job.id).where(Job.id.in_(jobs)).order_by(Job.id).with_for_update())
+    values: dict[str, Any] = {"succeeded": Job.succeeded}  # a SET even with nothing to add
+    for name in ("succeeded", "failed", "cancelled", "prompt_tokens", "completion_tokens"):
+        column = getattr(Job, name)
+        by_job = {j: getattr(tallies[j], name) for j in jobs if getattr(tallies[j], name)}
+        if by_job:
+            values[name] = column + case(by_job, value=Job.id, else_=0)
+    # One UPDATE adds and reads back: on PostgreSQL it holds the row locks from here to
+    # commit, so the counts it returns include every other committed transaction's.
+    rows = session.execute(
         update(Job)
-        .where(Job.id == job_id)
-        .values(
-            succeeded=Job.succeeded + tally.succeeded,
-            failed=Job.failed + tally.failed,
-            cancelled=Job.cancelled + tally.cancelled,
-            prompt_tokens=Job.prompt_tokens + tally.prompt_tokens,
-            completion_tokens=Job.completion_tokens + tally.completion_tokens,
-        )
-        .returning(Job.status, Job.total, Job.succeeded, Job.failed, Job.cancelled),
+        .where(Job.id.in_(jobs))
+        .values(**values)
+        .returning(Job.id, Job.status, Job.total, Job.succeeded, Job.failed, Job.cancelled),
         execution_options=PLAIN,
-    ).one()
-    ended = row.succeeded + row.failed + row.cancelled
-    settle(session, job_id=job_id, status=row.status, open_=row.total - ended, now=now)
+    ).all()
+    for row in sorted(rows, key=lambda r: r.id):
+        ended = row.succeeded + row.failed + row.cancelled
+        settle(session, job_id=row.id, status=row.status, open_=row.total - ended, now=now)
 
 
 def settle(

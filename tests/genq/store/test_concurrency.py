@@ -120,3 +120,35 @@ def test_four_fair_claimers_over_many_jobs_take_each_request_once(pg: Database) 
         first = {i for windows in results for i in windows[0]}
         owners = set(session.scalars(select(Request.job_id).where(Request.id.in_(first))))
     assert len(owners) >= 4
+
+
+def test_four_workers_completing_overlapping_jobs_keep_exact_counts(pg: Database) -> None:
+    from genq.store import complete_many, get_job
+    from tests.genq.store.support import TENANT, ok
+
+    with pg.sessions.begin() as session:
+        jobs = [add_job(session, n=60, tenant=TENANT) for _ in range(6)]
+    start = threading.Barrier(4)
+
+    def work(worker_id: str) -> int:
+        written = 0
+        start.wait()
+        while True:
+            with pg.sessions.begin() as session:
+                claims = claim(
+                    session, worker_id=worker_id, model=MODEL, lease_seconds=LEASE, limit=11
+                )
+            if not claims:
+                return written
+            # Every window spans several jobs, in another order each time.
+            items = [(c.request_id, c.fence, ok(tokens=1)) for c in reversed(claims)]
+            with pg.sessions.begin() as session:
+                written += sum(complete_many(session, items=items))
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        written = sum(pool.map(work, ["w1", "w2", "w3", "w4"]))
+    assert written == 360
+    with pg.sessions.begin() as session:
+        for job_id in jobs:
+            job = get_job(session, tenant=TENANT, job_id=job_id)
+            assert (job.status, job.succeeded, job.completion_tokens) == ("completed", 60, 60)
