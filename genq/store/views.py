@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from genq.store.jobs import get_job, list_results
 from genq.store.records import JobInfo, ResultRow
-from genq.store.status import RequestStatus
+from genq.store.status import JobStatus, RequestStatus
 from genq.store.tables import MAX_IDX, Batch, Job, Request, WorkerHeartbeat, utcnow
 
 _OPEN = (RequestStatus.QUEUED, RequestStatus.RUNNING)
@@ -62,17 +62,52 @@ def models_with_work(session: Session, *, now: datetime | None = None) -> list[s
 
 
 def queue_depths(session: Session) -> dict[str, int]:
-    rows = session.execute(
-        select(Request.model, func.count())
-        .where(Request.status == RequestStatus.QUEUED)
-        .group_by(Request.model)
+    """Queued requests per model, from the counters of unfinished jobs and the running
+    requests (a bounded index range), never a count over the queued requests themselves."""
+    open_ = session.execute(
+        select(Job.model, func.sum(Job.total - Job.succeeded - Job.failed - Job.cancelled))
+        .where(Job.status.in_(_UNFINISHED))
+        .group_by(Job.model)
     )
-    return {model: count for model, count in rows}
+    running = dict(
+        session.execute(
+            select(Request.model, func.count())
+            .where(Request.status == RequestStatus.RUNNING)
+            .group_by(Request.model)
+        ).all()
+    )
+    depths = {model: int(n or 0) - running.get(model, 0) for model, n in open_}
+    return {model: n for model, n in depths.items() if n > 0}
 
 
 def request_counts(session: Session) -> dict[str, int]:
-    rows = session.execute(select(Request.status, func.count()).group_by(Request.status))
-    return {str(status): count for status, count in rows}
+    """Requests by status, from the jobs' counters (one row per job, not per request) and
+    the running requests."""
+    ended = session.execute(
+        select(
+            func.coalesce(func.sum(Job.succeeded), 0),
+            func.coalesce(func.sum(Job.failed), 0),
+            func.coalesce(func.sum(Job.cancelled), 0),
+        )
+    ).one()
+    open_ = session.scalar(
+        select(
+            func.coalesce(func.sum(Job.total - Job.succeeded - Job.failed - Job.cancelled), 0)
+        ).where(Job.status.in_(_UNFINISHED))
+    )
+    running = session.scalar(
+        select(func.count()).select_from(Request).where(Request.status == RequestStatus.RUNNING)
+    )
+    return {
+        "queued": max(0, int(open_ or 0) - int(running or 0)),
+        "running": int(running or 0),
+        "succeeded": int(ended[0]),
+        "failed": int(ended[1]),
+        "cancelled": int(ended[2]),
+    }
+
+
+_UNFINISHED = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.CANCELLING)
 
 
 def heartbeat(session: Session, *, worker_id: str, model: str, now: datetime | None = None) -> None:
