@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -20,6 +21,26 @@ models_app = typer.Typer(help="Provision and list models.", no_args_is_help=True
 app.add_typer(models_app, name="models")
 db_app = typer.Typer(help="The job database.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"genq {version('genq')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="print the version and exit"
+        ),
+    ] = False,
+) -> None:
+    """genq: bulk offline text generation."""
 
 
 def _interrupt(_signum: int, _frame: object) -> None:
@@ -351,7 +372,10 @@ def submit(
 
     from genq.client import Client
 
-    client = Client(get_settings())
+    try:
+        client = Client(get_settings())
+    except GenqError as exc:
+        raise _fail(exc) from None
     try:
         job = client.submit(input_path, model=model, priority=priority)
         typer.echo(job["id"])
@@ -380,7 +404,10 @@ def status(job_id: str) -> None:
     """Print a job's status, counts, progress and ETA as JSON."""
     from genq.client import Client
 
-    client = Client(get_settings())
+    try:
+        client = Client(get_settings())
+    except GenqError as exc:
+        raise _fail(exc) from None
     try:
         typer.echo(json.dumps(client.status(job_id), indent=2))
     except GenqError as exc:
@@ -393,19 +420,24 @@ def status(job_id: str) -> None:
 def results(
     job_id: str, output: Annotated[Path, typer.Option("--output", "-o", help="JSONL output")]
 ) -> None:
-    """Write a job's finished results, in input order, to OUTPUT."""
+    """Write a job's finished results, in input order, to OUTPUT (``-``: standard output)."""
     from genq.client import Client
 
-    client = Client(get_settings())
     try:
-        with output.open("wb") as out:
+        client = Client(get_settings())
+    except GenqError as exc:
+        raise _fail(exc) from None
+    to_stdout = str(output) == "-"
+    try:
+        with nullcontext(sys.stdout.buffer) if to_stdout else output.open("wb") as out:
             for chunk in client.results(job_id):
                 out.write(chunk)
     except GenqError as exc:
         raise _fail(exc) from None
     finally:
         client.close()
-    typer.echo(f"wrote {output}", err=True)
+    if not to_stdout:
+        typer.echo(f"wrote {output}", err=True)
 
 
 @app.command()
@@ -413,7 +445,10 @@ def cancel(job_id: str) -> None:
     """Cancel a job: queued requests now, running ones once they finish."""
     from genq.client import Client
 
-    client = Client(get_settings())
+    try:
+        client = Client(get_settings())
+    except GenqError as exc:
+        raise _fail(exc) from None
     try:
         typer.echo(client.cancel(job_id)["status"])
     except GenqError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +20,42 @@ class ApiError(GenqError):
 
 
 class Client:
+    """Every failure is a :class:`GenqError` with a sentence for the user: a missing key, a
+    server that does not answer, or the API's own error message."""
+
     def __init__(self, settings: Settings, *, timeout: float = 60) -> None:
+        key = settings.api_key.strip()
+        if not key:
+            raise GenqError(
+                "GENQ_API_KEY is not set: export the key `genq serve` printed, or make one "
+                "with `genq keys create --tenant NAME`"
+            )
+        if not key.isprintable() or not key.isascii():
+            raise GenqError("GENQ_API_KEY holds characters no key has; check what was exported")
+        self.url = settings.api_url
         self.http = httpx.Client(
             base_url=settings.api_url,
-            headers={"Authorization": f"Bearer {settings.api_key}"},
+            headers={"Authorization": f"Bearer {key}"},
             timeout=timeout,
         )
 
     def close(self) -> None:
         self.http.close()
+
+    @contextmanager
+    def _reaching(self) -> Iterator[None]:
+        """Transport failures as one sentence each, not a traceback."""
+        try:
+            yield
+        except httpx.ConnectError as exc:
+            raise GenqError(
+                f"cannot reach genq at {self.url} ({exc}): is `genq serve` or `genq api` "
+                "running there? GENQ_API_URL names it"
+            ) from None
+        except httpx.TimeoutException:
+            raise GenqError(f"genq at {self.url} did not answer in time") from None
+        except httpx.HTTPError as exc:
+            raise GenqError(f"talking to genq at {self.url} failed: {exc}") from None
 
     def _json(self, response: httpx.Response) -> Any:
         if response.status_code >= 400:
@@ -41,7 +69,7 @@ class Client:
     def submit(self, path: Path, *, model: str | None = None, priority: int = 0) -> dict[str, Any]:
         """A JSONL file (native or OpenAI Batch lines) as one job: uploaded as it is, then
         read by the service line by line (the same reading as ``genq run``)."""
-        with path.open("rb") as handle:
+        with path.open("rb") as handle, self._reaching():
             uploaded = self._json(
                 self.http.post(
                     "/v1/files",
@@ -54,16 +82,23 @@ class Client:
             body["model"] = model
         if priority:
             body["priority"] = priority
-        return self._json(self.http.post("/v1/jobs", json=body))  # type: ignore[no-any-return]
+        with self._reaching():
+            return self._json(self.http.post("/v1/jobs", json=body))  # type: ignore[no-any-return]
 
     def status(self, job_id: str) -> dict[str, Any]:
-        return self._json(self.http.get(f"/v1/jobs/{job_id}"))  # type: ignore[no-any-return]
+        with self._reaching():
+            return self._json(self.http.get(f"/v1/jobs/{job_id}"))  # type: ignore[no-any-return]
 
     def cancel(self, job_id: str) -> dict[str, Any]:
-        return self._json(self.http.post(f"/v1/jobs/{job_id}/cancel"))  # type: ignore[no-any-return]
+        with self._reaching():
+            return self._json(self.http.post(f"/v1/jobs/{job_id}/cancel"))  # type: ignore[no-any-return]
 
     def results(self, job_id: str) -> Iterator[bytes]:
-        with self.http.stream("GET", f"/v1/jobs/{job_id}/results", params={"format": "jsonl"}) as r:
+        url = f"/v1/jobs/{job_id}/results"
+        with (
+            self._reaching(),
+            self.http.stream("GET", url, params={"format": "jsonl"}) as r,
+        ):
             if r.status_code >= 400:
                 r.read()
                 self._json(r)

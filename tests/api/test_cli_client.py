@@ -58,6 +58,33 @@ def test_submit_wait_status_results_cancel(
     assert all(r["usage"]["completion_tokens"] == 2 for r in rows)
     missing = runner.invoke(app, ["status", "job_nope"])
     assert missing.exit_code == 2 and "HTTP 404" in missing.output
+    to_stdout = runner.invoke(app, ["results", job_id, "-o", "-"])
+    assert to_stdout.exit_code == 0 and not (Path.cwd() / "-").exists()
+    assert [json.loads(x)["custom_id"] for x in to_stdout.stdout.splitlines()] == ["q0", "q1", "q2"]
+
+
+def test_the_cli_says_what_is_wrong_without_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner = CliRunner()
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"prompt": "hi"}\n')
+    monkeypatch.setenv("GENQ_API_KEY", "")
+    for args in (["status", "job_x"], ["submit", str(path)], ["results", "job_x", "-o", "-"]):
+        get_settings.cache_clear()
+        unset = runner.invoke(app, args)
+        assert unset.exit_code == 2 and "GENQ_API_KEY is not set" in unset.output, args
+        assert isinstance(unset.exception, SystemExit)  # an exit code, not a traceback
+    monkeypatch.setenv("GENQ_API_KEY", "gq_something")
+    monkeypatch.setenv("GENQ_API_URL", "http://127.0.0.1:9")  # nothing listens there
+    for args in (["status", "job_x"], ["cancel", "job_x"], ["results", "job_x", "-o", "-"]):
+        get_settings.cache_clear()
+        down = runner.invoke(app, args)
+        assert down.exit_code == 2, (args, down.output)
+        assert "cannot reach genq at http://127.0.0.1:9" in down.output, args
+        assert isinstance(down.exception, SystemExit)
+    version = runner.invoke(app, ["--version"])
+    assert version.exit_code == 0 and version.stdout.startswith("genq ")
 
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
