@@ -63,8 +63,7 @@ def prune_due(sessions: sessionmaker[Session], settings: Settings) -> PruneRepor
     for _ in range(PRUNE_PASSES):
         with sessions.begin() as session:
             done = prune(session, before=before)
-        for name in ("requests", "jobs", "batches", "files"):
-            setattr(total, name, getattr(total, name) + getattr(done, name))
+        total.add(done)
         if not done.deleted:
             break
     if total.deleted:

@@ -254,13 +254,16 @@ def _execute(
     renewed_at = time.monotonic()
     reports = rt.engine.run(requests)
     withdraw: Callable[[Iterable[str]], set[str]] | None = getattr(reports, "withdraw", None)
+    # Where the engine calls back as rows are about to join its batch, the worker checks there
+    # (often enough that few rows join after a cancel); otherwise after each report.
+    gated = False
     if withdraw is not None and hasattr(reports, "before_admit"):
-        checked = time.monotonic()
+        gated, take_back, checked = True, withdraw, time.monotonic()
 
         def gate() -> None:
             nonlocal checked, share
-            if time.monotonic() - checked >= GATE_SECONDS and withdraw is not None:
-                share = _between_batches(rt, held, withdraw, share=share)
+            if time.monotonic() - checked >= GATE_SECONDS:
+                share = _between_batches(rt, held, take_back, share=share)
                 checked = time.monotonic()
 
         reports.before_admit = gate
@@ -276,7 +279,7 @@ def _execute(
                 rt.on_batch(report)
             if rt.stopping.is_set() or not held:  # nothing left that is still ours to write
                 break
-            if withdraw is not None:
+            if withdraw is not None and not gated:
                 share = _between_batches(rt, held, withdraw, share=share)
     finally:
         close = getattr(reports, "close", None)
@@ -300,12 +303,10 @@ def _between_batches(
     pick). Jobs that were there at the pick had their share of it; only arrivals give a window
     back. Returns whether to look again."""
     jobs = sorted({c.job_id for c in held.values()})
-    share = share and rt.settings.claim_order == "fair" and rt.claimed_at is not None
+    since = rt.claimed_at if share and rt.settings.claim_order == "fair" else None
     with rt.sessions.begin() as session:
         cancelled = cancelling_jobs(session, jobs)
-        newcomer = None
-        if share and rt.claimed_at is not None:
-            newcomer = unstarted_job(session, model=rt.model, since=rt.claimed_at)
+        newcomer = None if since is None else unstarted_job(session, model=rt.model, since=since)
     if cancelled:
         taken = withdraw([k for k, c in held.items() if c.job_id in cancelled])
         if taken:
@@ -321,7 +322,7 @@ def _between_batches(
                 extra={"worker_id": rt.worker_id, "job_ids": sorted(cancelled)},
             )
     if newcomer is None:
-        return share
+        return since is not None
     taken = withdraw(list(held))
     if taken:
         log.info(

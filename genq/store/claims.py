@@ -191,9 +191,9 @@ def complete_many(
 
     A constant number of statements per batch, whatever its size: one UPDATE for the
     successes and one for the failures (each fenced, returning what it moved), one INSERT of
-    the result rows, then one UPDATE per job. Write a batch through this, not a loop of
-    :func:`complete` in one transaction: requests are locked before jobs, and jobs in id
-    order, so two workers finishing requests of the same jobs cannot deadlock."""
+    the result rows, then the jobs' counters (genq.store.tally). Write a batch through this,
+    not a loop of :func:`complete` in one transaction: requests are locked before jobs, and
+    jobs in id order, so two workers finishing requests of the same jobs cannot deadlock."""
     now = now or utcnow()
     done = [False] * len(items)
     first: dict[tuple[str, int], int] = {}
@@ -291,8 +291,8 @@ def release_many(
     error: str | None = None,
     now: datetime | None = None,
 ) -> set[str]:
-    """:func:`release` for many ``(request_id, fence)`` claims at once, in two statements
-    (and one per job whose counters move); returns the ids put back or cancelled."""
+    """:func:`release` for many ``(request_id, fence)`` claims at once, in a constant number
+    of statements; returns the ids put back or cancelled."""
     now = now or utcnow()
     if not items:
         return set()

@@ -31,6 +31,12 @@ class PruneReport:
     batches: int = 0
     files: int = 0
 
+    def add(self, other: PruneReport) -> None:
+        self.requests += other.requests
+        self.jobs += other.jobs
+        self.batches += other.batches
+        self.files += other.files
+
     @property
     def deleted(self) -> int:
         return self.requests + self.jobs + self.batches + self.files
