@@ -11,6 +11,8 @@
 # Env: PEERS_SRC (default ../shared/peers), PEERS_DIR (default /tmp/peers: build it with
 # $PEERS_SRC/setup.sh hf openvino vllm), PEER_THREADS (default 2), OUT (default out/peers),
 # ENGINES to run a subset (names below), PEER_TIMEOUT (seconds per run, default 1800).
+# genq-base is genq's engine from another checkout, to measure a change side by side:
+#   git worktree add /tmp/genq-base REV && GENQ_BASE=/tmp/genq-base ENGINES="genq-base genq-engine" bash bench/peers.sh short
 #
 # openvino-cb-f32 is OpenVINO GenAI continuous batching told to compute and keep its cache in
 # fp32: on a CPU with bf16 units its default is bf16 arithmetic (openvino-cb-bf16), which changes
@@ -30,6 +32,7 @@ mkdir -p "$OUT"
 ALL=(
   "hf-pipeline|short tail prefix||$P/hf/bin/python|peer_hf.py --mode pipeline --batch-size 32"
   "genq-engine|short tail prefix||$ROOT/.venv/bin/python|peer_genq.py"
+  "genq-base|short tail prefix|PYTHONPATH=${GENQ_BASE:-}|$ROOT/.venv/bin/python|peer_genq.py"
   "openvino-cb-f32|short tail prefix||$P/ov/bin/python|$ROOT/bench/peers/openvino_precision.py --precision f32 --api cb --ov-model $OV"
   "openvino-cb-f32-apc|prefix||$P/ov/bin/python|$ROOT/bench/peers/openvino_precision.py --precision f32 --api cb --prefix-caching --ov-model $OV"
   "vllm-cpu|short tail prefix||$P/vllm/bin/python|peer_vllm.py"
@@ -65,6 +68,7 @@ for workload in ${*:-short tail prefix}; do
     case " $loads " in *" $workload "*) ;; *) continue ;; esac
     if [ -n "${ENGINES:-}" ]; then case " $ENGINES " in *" $name "*) ;; *) continue ;; esac; fi
     [ -x "$py" ] || { echo "skip $name (no $py)" >&2; continue; }
+    [ "$name" != genq-base ] || [ -n "${GENQ_BASE:-}" ] || { echo "skip genq-base (GENQ_BASE unset)" >&2; continue; }
     sel+=("$e")
   done
   : >"$OUT/$workload.results.jsonl"

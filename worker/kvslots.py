@@ -9,11 +9,15 @@ copies the live columns of the rows that stay.
 
 Positions are explicit (``position_ids``), never read from a column index, so a row's columns
 can move. The buffers start as zeros: attention masks columns out, and a masked column must
-still hold a finite number (0 x NaN is NaN).
+still hold a finite number (0 x NaN is NaN). On the CPU those zeros are fresh pages from the
+operating system, mapped as they are first written, so a cache costs what its rows use rather
+than a write of every slot and column at each allocation.
 """
 
 from __future__ import annotations
 
+import math
+import mmap
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -73,8 +77,8 @@ class SlotCache(Cache):
         keys, values = self.keys[layer], self.values[layer]
         if keys is None or values is None:
             shape = (self.slots, like.shape[1], self.capacity, like.shape[3])
-            keys = torch.zeros(shape, dtype=like.dtype, device=like.device)
-            values = torch.zeros(shape, dtype=like.dtype, device=like.device)
+            keys = zeros(shape, like.dtype, like.device)
+            values = zeros(shape, like.dtype, like.device)
             self.keys[layer], self.values[layer] = keys, values
         return keys, values
 
@@ -114,3 +118,13 @@ class SlotCache(Cache):
             for k, v in zip(self.keys, self.values, strict=True)
             if k is not None and v is not None
         ]
+
+
+def zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A zero tensor; on the CPU, anonymous memory the operating system maps page by page as it
+    is written (reading a page never written costs no write), not a fill of the whole buffer."""
+    if device.type != "cpu":
+        return torch.zeros(shape, dtype=dtype, device=device)
+    count = math.prod(shape)
+    memory = mmap.mmap(-1, max(1, count * dtype.itemsize))  # the tensor keeps it alive
+    return torch.frombuffer(memory, dtype=dtype, count=count).view(shape)
