@@ -10,6 +10,9 @@ Columns left out add nothing to the result.
 Rows that start with a shared prefix read its keys and values from one copy, for all of them
 at once (``_after_prefix``), then their own columns; one softmax covers both.
 
+On the CPU in float32, decode rows without a shared prefix go instead to ``worker.cpu_attention``
+(``OwnColumns``): each row reads exactly its own columns, so there is nothing to mask.
+
 Any attention call outside ``planned`` (a model used elsewhere, a shared prefix prefilled on
 its own) is plain SDPA.
 """
@@ -22,10 +25,13 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import AttentionInterface, PreTrainedModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+from worker import cpu_attention
 
 NAME = "genq_sdpa"
 
@@ -50,7 +56,19 @@ class Span:
     queries: slice = field(default_factory=lambda: slice(None))  # packed prefill: its queries
 
 
-_plan: ContextVar[tuple[Span, ...] | None] = ContextVar("genq_attention_plan", default=None)
+@dataclass(frozen=True)
+class OwnColumns:
+    """Decode rows that each read their own slot's columns [start, end), and no others."""
+
+    rows: slice  # query rows of the forward
+    slots: np.ndarray  # (rows,) int64
+    starts: np.ndarray  # (rows,) int64
+    end: int
+
+
+Plan = tuple["Span | OwnColumns", ...]
+
+_plan: ContextVar[Plan | None] = ContextVar("genq_attention_plan", default=None)
 
 
 def slot_sdpa(
@@ -65,7 +83,14 @@ def slot_sdpa(
     if plan is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     outputs = []
+    scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
     for span in plan:
+        if isinstance(span, OwnColumns):
+            q = query[span.rows]
+            outputs.append(
+                cpu_attention.attend(q, key, value, span.slots, span.starts, span.end, scaling)
+            )
+            continue
         k, v = key[span.slots], value[span.slots]
         if isinstance(span.columns, slice):
             k, v = k[:, :, span.columns], v[:, :, span.columns]
@@ -76,7 +101,6 @@ def slot_sdpa(
             out, _ = sdpa_attention_forward(module, q, k, v, span.mask, **kwargs)
         else:
             pk, pv = span.prefix[int(module.layer_idx)]  # type: ignore[arg-type]
-            scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
             out = _after_prefix(q, k, v, span.mask, pk, pv, scaling)
         outputs.append(out)
     if len(outputs) == 1:
@@ -128,7 +152,7 @@ def install(model: PreTrainedModel) -> bool:
 
 
 @contextmanager
-def planned(spans: tuple[Span, ...]) -> Iterator[None]:
+def planned(spans: Plan) -> Iterator[None]:
     token = _plan.set(spans)
     try:
         yield

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
@@ -30,7 +31,7 @@ Forward = Callable[
         torch.Tensor,
         torch.Tensor,
         SlotCache,
-        tuple[attention.Span, ...],
+        attention.Plan,
         torch.Tensor | None,
     ],
     torch.Tensor,
@@ -109,6 +110,7 @@ class DecodeBatch:
         eos: Sequence[int],
         pad_id: int,
         device: torch.device,
+        own_columns: bool = False,
     ) -> None:
         self.forward = forward
         self.tokenizer = tokenizer
@@ -117,11 +119,12 @@ class DecodeBatch:
         self.eos = list(eos)
         self.pad_id = pad_id
         self.device = device
+        self.own_columns = own_columns  # decode attention through attention.OwnColumns
         self.rows: list[Row | None] = [None] * slots  # by slot
         self.last = torch.zeros(slots, dtype=torch.long, device=device)  # each slot's last token
         self.seen: torch.Tensor | None = None  # (slots, vocab) for repetition penalties
         self._order: list[Row] | None = None  # live rows by slot, made again after a change
-        self._spans: list[tuple[slice, slice, int, torch.Tensor | None, Prefix | None]] = []
+        self._spans: list[_Planned] = []
         self._slots_t = self._starts_t = self._offsets_t = torch.zeros(0, dtype=torch.long)
 
     # -- membership ---------------------------------------------------------------------------
@@ -236,20 +239,7 @@ class DecodeBatch:
         ids = self.last[self._slots_t].unsqueeze(1)
         positions = (self.column - self._starts_t + self._offsets_t).unsqueeze(1)
         self.cache.write = Write(slots=self._slots_t, column=self.column)
-        spans = tuple(
-            attention.Span(
-                rows=rows,
-                slots=slots,
-                columns=slice(first, self.column + 1),
-                mask=None
-                if starts is None
-                else (torch.arange(first, self.column + 1, device=self.device) >= starts[:, None])[
-                    :, None, None, :
-                ],
-                prefix=prefix.kv if prefix is not None else None,
-            )
-            for rows, slots, first, starts, prefix in self._spans
-        )
+        spans = tuple(planned.at(self.column, self.device) for planned in self._spans)
         logits = self.forward(live, ids, positions, self.cache, spans, None)
         self.column += 1
         return self._pick(logits, live, self._slots_t)
@@ -367,6 +357,7 @@ class DecodeBatch:
         self._offsets_t = torch.tensor([row.shared for row in live], dtype=torch.long)
         self._spans = []
         i = 0
+        slots_np, starts_np = self._slots_t.numpy(), self._starts_t.numpy()
         while i < len(live):
             j = i + 1
             while (
@@ -375,6 +366,10 @@ class DecodeBatch:
                 and live[j].prefix is live[i].prefix
             ):
                 j += 1
+            if self.own_columns and live[i].prefix is None:
+                self._spans.append(_Planned(slice(i, j), own=(slots_np[i:j], starts_np[i:j])))
+                i = j
+                continue
             firsts = [row.start for row in live[i:j]]
             # Rows after a shared prefix stay one span: each span reads the whole prefix.
             cuts = ((0, j - i, min(firsts)),) if live[i].prefix else attention.plan_spans(firsts)
@@ -382,11 +377,44 @@ class DecodeBatch:
                 starts = self._starts_t[i + a : i + b]
                 mask = None if bool((starts == first).all()) else starts.to(self.device)
                 slots = slice(live[i + a].slot, live[i + b - 1].slot + 1)
-                self._spans.append((slice(i + a, i + b), slots, first, mask, live[i].prefix))
+                self._spans.append(
+                    _Planned(slice(i + a, i + b), slots, first, mask, live[i].prefix)
+                )
             i = j
         self._slots_t = self._slots_t.to(self.device)
         self._starts_t = self._starts_t.to(self.device)
         self._offsets_t = self._offsets_t.to(self.device)
+
+
+@dataclass(frozen=True)
+class _Planned:
+    """One part of a decode step's attention, planned when the live rows change: neighbouring
+    rows that read the same columns (masked where their starts differ), or rows that read just
+    their own (``own``: their slots and starts)."""
+
+    rows: slice
+    slots: slice | None = None
+    first: int = 0
+    starts: torch.Tensor | None = None  # where the rows' columns start, when they differ
+    prefix: Prefix | None = None
+    own: tuple[np.ndarray, np.ndarray] | None = None
+
+    def at(self, column: int, device: torch.device) -> attention.Span | attention.OwnColumns:
+        """This part for the step that writes ``column``."""
+        if self.own is not None:
+            return attention.OwnColumns(self.rows, *self.own, end=column + 1)
+        mask = None
+        if self.starts is not None:
+            mask = torch.arange(self.first, column + 1, device=device) >= self.starts[:, None]
+            mask = mask[:, None, None, :]
+        assert self.slots is not None
+        return attention.Span(
+            rows=self.rows,
+            slots=self.slots,
+            columns=slice(self.first, column + 1),
+            mask=mask,
+            prefix=self.prefix.kv if self.prefix is not None else None,
+        )
 
 
 def _blocks(lengths: Sequence[int], size: int) -> list[tuple[int, int]]:

@@ -22,7 +22,7 @@ from transformers import DynamicCache
 
 from genq.errors import InvalidRequest, ModelUnavailable
 from genq.params import GenerationParams
-from worker import attention, linear, planner
+from worker import attention, cpu_attention, linear, planner
 from worker.decode import KV, DecodeBatch, Prefix, Row
 from worker.kvslots import SlotCache
 from worker.sampling import cut_at_stop, row_seed
@@ -64,6 +64,7 @@ class Engine:
         prefill_tokens: int = DEFAULT_PREFILL_TOKENS,
         prefix_cache_tokens: int = DEFAULT_PREFIX_CACHE_TOKENS,
         packed_linear: bool = True,
+        own_columns: bool = True,
     ) -> None:
         self.loaded = loaded
         self.max_batch_tokens = max_batch_tokens
@@ -81,6 +82,8 @@ class Engine:
         self._planned = attention.PLANNED.to(loaded.device)
         if loaded.device.type == "cpu" and packed_linear:
             linear.pack(loaded.model)
+        # decode attention on the CPU through worker.cpu_attention
+        self.own_columns = own_columns and cpu_attention.usable(loaded.device, loaded.model.dtype)
 
     @classmethod
     def from_settings(cls, loaded: LoadedModel, settings: Settings, **overrides: Any) -> Engine:
@@ -146,7 +149,7 @@ class Engine:
         input_ids: torch.Tensor,
         position_ids: torch.Tensor,
         cache: SlotCache,
-        spans: tuple[attention.Span, ...],
+        spans: attention.Plan,
         keep: torch.Tensor | None,
     ) -> torch.Tensor:
         """The model over ``rows``: their next tokens (one per batch row), or their prompts
@@ -195,6 +198,7 @@ class Engine:
             eos=loaded.eos_token_ids,
             pad_id=loaded.pad_token_id,
             device=loaded.device,
+            own_columns=self.own_columns,
         )
 
 

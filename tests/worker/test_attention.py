@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -94,6 +95,38 @@ def test_span_attention_equals_plain_sdpa_on_the_rows_columns() -> None:
     # Outside planned it is plain SDPA.
     alone, _ = attention.slot_sdpa(_Module(), query, key[1:7], value[1:7], mask[:, None, None])
     assert torch.equal(alone, plain)
+
+
+def test_own_columns_attention_equals_sdpa_over_each_rows_own_columns() -> None:
+    torch.manual_seed(2)
+    slots, width = 7, 20
+    query = torch.randn(5, 6, 1, 16)  # 6 heads over 2 key/value heads
+    key, value = torch.randn(slots, 2, width, 16), torch.randn(slots, 2, width, 16)
+    in_slots, starts = [6, 0, 3, 2, 5], [4, 19, 0, 11, 7]
+    own = attention.OwnColumns(
+        rows=slice(1, 5),  # row 0 goes through a span, to check the parts' order
+        slots=np.array(in_slots[1:], dtype=np.int64),
+        starts=np.array(starts[1:], dtype=np.int64),
+        end=width,
+    )
+    span = attention.Span(rows=slice(0, 1), slots=slice(6, 7), columns=slice(4, width), mask=None)
+    with attention.planned((span, own)):
+        out, _ = attention.slot_sdpa(_Module(), query, key, value, None)
+    for row, (slot, start) in enumerate(zip(in_slots, starts, strict=True)):
+        columns = slice(start, width)
+        plain, _ = sdpa_attention_forward(
+            _Module(),
+            query[row : row + 1],
+            key[slot : slot + 1, :, columns],
+            value[slot : slot + 1, :, columns],
+            None,
+        )
+        torch.testing.assert_close(out[row : row + 1], plain, rtol=1e-5, atol=1e-6)
+    # a row's result does not depend on the other rows of the call
+    alone = attention.OwnColumns(slice(0, 1), own.slots[2:3], own.starts[2:3], end=width)
+    with attention.planned((alone,)):
+        single, _ = attention.slot_sdpa(_Module(), query[3:4], key, value, None)
+    assert torch.equal(single, out[3:4])
 
 
 def test_attention_after_a_shared_prefix_equals_attention_over_both() -> None:

@@ -359,3 +359,17 @@ def test_packed_linear_layers_keep_greedy_texts_and_batch_invariance(
         text = smol.tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
         assert batched[req.key].choices[0].text == text
         assert batched[req.key].choices == alone(engine, req).choices
+
+
+def test_cpu_decode_attention_keeps_greedy_texts(
+    smol: LoadedModel, make_engine: EngineFactory
+) -> None:
+    fast = make_engine(smol)
+    if not fast.own_columns:
+        pytest.skip("decode attention runs through SDPA on this device and dtype")
+    reqs = [request(str(i), p, max_new_tokens=12) for i, p in enumerate(varied_prompts(10))]
+    with_kernel = run_all(fast, reqs)
+    with_sdpa = run_all(make_engine(smol, own_columns=False), reqs)
+    assert {k: r.choices for k, r in with_kernel.items()} == {
+        k: r.choices for k, r in with_sdpa.items()
+    }
