@@ -126,6 +126,7 @@ class DecodeBatch:
         self._order: list[Row] | None = None  # live rows by slot, made again after a change
         self._spans: list[_Planned] = []
         self._slots_t = self._starts_t = self._offsets_t = torch.zeros(0, dtype=torch.long)
+        self._write_slots: torch.Tensor | slice = self._slots_t  # a slice when they are a run
 
     # -- membership ---------------------------------------------------------------------------
 
@@ -238,7 +239,7 @@ class DecodeBatch:
         live = self.live
         ids = self.last[self._slots_t].unsqueeze(1)
         positions = (self.column - self._starts_t + self._offsets_t).unsqueeze(1)
-        self.cache.write = Write(slots=self._slots_t, column=self.column)
+        self.cache.write = Write(slots=self._write_slots, column=self.column)
         spans = tuple(planned.at(self.column, self.device) for planned in self._spans)
         logits = self.forward(live, ids, positions, self.cache, spans, None)
         self.column += 1
@@ -382,6 +383,10 @@ class DecodeBatch:
                 )
             i = j
         self._slots_t = self._slots_t.to(self.device)
+        # Live rows in one run of slots (the usual case after compaction) take their new
+        # column as one strided copy rather than an indexed write.
+        run = bool(live) and live[-1].slot - live[0].slot == len(live) - 1
+        self._write_slots = slice(live[0].slot, live[-1].slot + 1) if run else self._slots_t
         self._starts_t = self._starts_t.to(self.device)
         self._offsets_t = self._offsets_t.to(self.device)
 

@@ -29,7 +29,7 @@ from transformers import Cache, DynamicLayer
 class Write:
     """Where the new keys and values of the forward being run go."""
 
-    slots: torch.Tensor  # decode: (rows,) each row's slot; prefill: (tokens,) each token's
+    slots: torch.Tensor | slice  # decode: each row's slot (rows,); prefill: each token's (tokens,)
     column: int | None = None  # decode: every row's one new token goes to this column
     columns: torch.Tensor | None = None  # prefill: (tokens,) each token's column
     # prefill: a shared prefix's keys and values per layer, (kv_heads, length, head_dim), that
