@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 
 from api import errors, outage
@@ -9,7 +13,26 @@ from api.context import Context, build_context
 from api.limits import BodyLimit
 from api.openapi import ERROR_RESPONSES
 from api.routes import batches, files, health, jobs, metrics
+from genq.auth import LAST_USED_SECONDS
+from genq.periodic import Periodic
 from genq.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+
+class KeyUseWriter(Periodic):
+    """Writes down, once a minute and at shutdown, when this process's keys were last used."""
+
+    def __init__(self, context: Context, *, every: float = LAST_USED_SECONDS) -> None:
+        super().__init__(every=every, name="genq-key-use")
+        self.context = context
+
+    def tick(self) -> None:
+        try:
+            with self.context.sessions.begin() as session:
+                self.context.key_use.write(session)
+        except Exception as exc:  # noqa: BLE001 - a database outage: the next minute tries again
+            log.warning("could not record when API keys were last used: %s", exc)
 
 
 def create_app(context: Context | None = None, *, distributed: bool = False) -> FastAPI:
@@ -17,7 +40,18 @@ def create_app(context: Context | None = None, *, distributed: bool = False) -> 
     if context is None:
         settings: Settings = get_settings()
         context = build_context(settings, distributed=distributed)
-    app = FastAPI(title="genq", version="0.1.0", responses=ERROR_RESPONSES)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        writer = KeyUseWriter(context)
+        writer.start()
+        try:
+            yield
+        finally:
+            writer.stop(timeout=5)
+            writer.tick()
+
+    app = FastAPI(title="genq", version="0.1.0", responses=ERROR_RESPONSES, lifespan=lifespan)
     app.state.context = context
     errors.install(app)
     outage.install(app)

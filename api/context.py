@@ -10,6 +10,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.reads import InlineReader
+from genq.auth import KeyUse
 from genq.producer import Publisher
 from genq.settings import Settings
 from genq.store import JobInfo, make_engine, session_factory
@@ -24,6 +25,8 @@ class Context:
     publisher: Publisher | None
     keys: TtlCache[str, str] = field(init=False)
     """The tenants of keys checked lately, by key hash (unknown keys are never put)."""
+    key_use: KeyUse = field(init=False)
+    """The keys accepted since this process last wrote down when keys were used."""
     jobs: TtlCache[tuple[str, str], JobInfo] = field(init=False)
     """Jobs read lately, by tenant and id: what polls of one job are answered from."""
     standings: TtlCache[str, dict[str, Standing]] = field(init=False)
@@ -37,6 +40,7 @@ class Context:
     def __post_init__(self) -> None:
         # Derived from the other fields; frozen, so set the way dataclasses' own __init__ does.
         object.__setattr__(self, "keys", TtlCache(self.settings.key_cache_seconds))
+        object.__setattr__(self, "key_use", KeyUse())
         object.__setattr__(self, "jobs", TtlCache(self.settings.job_cache_seconds))
         # At least a second: a fair pick over every open job of a model is not a poll's read.
         ttl = max(1.0, self.settings.job_cache_seconds)

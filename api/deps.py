@@ -92,7 +92,11 @@ async def get_tenant(
 ) -> str:
     """The caller's tenant: from the context's key cache, or else the database."""
     key_hash = hash_key(bearer_key(authorization))
-    return await cached_read(context, context.keys, key_hash, partial(tenant_of, key_hash=key_hash))
+    tenant = await cached_read(
+        context, context.keys, key_hash, partial(tenant_of, key_hash=key_hash)
+    )
+    context.key_use.mark(key_hash)
+    return tenant
 
 
 TenantDep = Annotated[str, Depends(get_tenant)]

@@ -7,14 +7,18 @@ import json
 import signal
 import sys
 from contextlib import nullcontext
+from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from genq.errors import GenqError
 from genq.fairshare import MAX_PRIORITY, MIN_PRIORITY
 from genq.settings import get_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
 
 app = typer.Typer(help="genq: bulk offline text generation.", no_args_is_help=True)
 models_app = typer.Typer(help="Provision and list models.", no_args_is_help=True)
@@ -157,13 +161,12 @@ def reconcile(
     from genq.logs import configure_logging
     from genq.producer import CeleryPublisher
     from genq.reconciler import reconcile_once
-    from genq.store import make_engine, session_factory
     from worker.celery_app import make_celery
 
     settings = get_settings()
     configure_logging(settings)
     publisher = CeleryPublisher(make_celery(settings))
-    sessions = session_factory(make_engine(settings.database_url))
+    sessions = _sessions()
     while True:
         report = reconcile_once(sessions, publisher, settings)
         typer.echo(
@@ -181,19 +184,71 @@ app.add_typer(keys_app, name="keys")
 
 
 @keys_app.command("create")
-def keys_create(tenant: Annotated[str, typer.Option(help="the tenant the key acts for")]) -> None:
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="the tenant the key acts for")],
+    name: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="what the key is for, shown by genq keys list (e.g. ci, alice)"),
+    ] = None,
+) -> None:
     """Create an API key for TENANT and print it (it is stored hashed: shown this once)."""
     from genq.auth import create_key
-    from genq.store import make_engine, session_factory
 
-    settings = get_settings()
-    sessions = session_factory(make_engine(settings.database_url))
     try:
-        with sessions.begin() as session:
-            key = create_key(session, tenant=tenant)
+        with _sessions().begin() as session:
+            key = create_key(session, tenant=tenant, name=name)
     except GenqError as exc:
         raise _fail(exc) from None
     typer.echo(key)
+
+
+@keys_app.command("list")
+def keys_list(
+    tenant: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="only this tenant's keys"),
+    ] = None,
+    revoked: Annotated[bool, typer.Option("--revoked", help="revoked keys too")] = False,
+) -> None:
+    """The keys, oldest first: id, tenant, name, first characters, created and last used
+    (written by API processes to the minute). Never the key itself."""
+    from genq.auth import list_keys
+
+    with _sessions().begin() as session:
+        keys = list_keys(session, tenant=tenant, revoked=revoked)
+    header = f"{'id':<30} {'tenant':<16} {'name':<16} {'starts':<11} {'created':<17} last used"
+    typer.echo(header + ("   revoked" if revoked else ""))
+    for k in keys:
+        line = (
+            f"{k.id:<30} {k.tenant:<16} {k.name or '-':<16} {k.prefix + '…':<11} "
+            f"{_when(k.created_at):<17} {_when(k.last_used_at):<17}"
+        )
+        typer.echo(line + (f" {_when(k.revoked_at)}" if revoked else "").rstrip())
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="the key's id (genq keys list)")],
+) -> None:
+    """Revoke a key: API processes refuse it within GENQ_KEY_CACHE_SECONDS (default 5)."""
+    from genq.auth import revoke_key
+
+    try:
+        with _sessions().begin() as session:
+            done = revoke_key(session, key_id)
+    except GenqError as exc:
+        raise _fail(exc) from None
+    typer.echo(f"revoked {key_id}" if done else f"{key_id} was revoked already")
+
+
+def _sessions() -> sessionmaker[Session]:
+    from genq.store import make_engine, session_factory
+
+    return session_factory(make_engine(get_settings().database_url))
+
+
+def _when(moment: datetime | None) -> str:
+    return "-" if moment is None else moment.strftime("%Y-%m-%d %H:%M")
 
 
 tenants_app = typer.Typer(
@@ -224,16 +279,13 @@ def tenants_set(
     ] = None,
 ) -> None:
     """Set a tenant's weight or limits; those not given keep their value."""
-    from genq.store import make_engine, session_factory
     from genq.store.shares import set_tenant
 
     names = {"weight", "max-queued-requests", "max-queued-tokens"}
     unknown = set(reset or ()) - names
     if unknown:
         raise _fail(GenqError(f"--reset takes {', '.join(sorted(names))}, not {sorted(unknown)}"))
-    settings = get_settings()
-    sessions = session_factory(make_engine(settings.database_url))
-    with sessions.begin() as session:
+    with _sessions().begin() as session:
         set_tenant(
             session,
             name=name,
@@ -248,12 +300,10 @@ def tenants_set(
 @tenants_app.command("list")
 def tenants_list() -> None:
     """Each tenant with settings of its own, and its queued and running work now."""
-    from genq.store import make_engine, session_factory
     from genq.store.shares import default_limits, list_tenants, tenant_limits, usage
 
     settings = get_settings()
-    sessions = session_factory(make_engine(settings.database_url))
-    with sessions.begin() as session:
+    with _sessions().begin() as session:
         used = usage(session)
         names = {t.name for t in list_tenants(session)} | set(used)
         limits = tenant_limits(session, names, defaults=default_limits(settings))

@@ -241,7 +241,9 @@ class ApiKey(Base):
     tenant: Mapped[str] = mapped_column(String(MAX_NAME_LENGTH))
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     prefix: Mapped[str] = mapped_column(String(16))  # shown in listings, never enough to use
+    name: Mapped[str | None] = mapped_column(String(MAX_NAME_LENGTH))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # to the minute
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 

@@ -18,7 +18,7 @@ TABLES |= {"api_keys", "files", "openai_batches", "worker_heartbeats", "tenants"
 
 def test_one_head(sqlite_url: Callable[[], str]) -> None:
     script = ScriptDirectory.from_config(alembic_config(sqlite_url()))
-    assert script.get_heads() == ["0006"]
+    assert script.get_heads() == ["0007"]
 
 
 def test_upgrade_from_empty_matches_the_models(db_url: Callable[[], str]) -> None:
@@ -28,7 +28,7 @@ def test_upgrade_from_empty_matches_the_models(db_url: Callable[[], str]) -> Non
     try:
         with engine.connect() as conn:
             context = MigrationContext.configure(conn, opts={"compare_type": True})
-            assert context.get_current_revision() == "0006"
+            assert context.get_current_revision() == "0007"
             assert set(inspect(conn).get_table_names()) == TABLES | {"alembic_version"}
             assert compare_metadata(context, Base.metadata) == []
     finally:
