@@ -12,7 +12,7 @@ from api import errors, outage
 from api.context import Context, build_context
 from api.limits import BodyLimit
 from api.openapi import ERROR_RESPONSES
-from api.routes import batches, files, health, jobs, metrics
+from api.routes import batches, files, health, jobs, metrics, models
 from genq.auth import LAST_USED_SECONDS
 from genq.periodic import Periodic
 from genq.settings import Settings, get_settings
@@ -55,7 +55,7 @@ def create_app(context: Context | None = None, *, distributed: bool = False) -> 
     app.state.context = context
     errors.install(app)
     outage.install(app)
-    for module in (health, metrics, jobs, files, batches):
+    for module in (health, metrics, jobs, files, batches, models):
         app.include_router(module.router)
     app.add_middleware(BodyLimit, max_bytes=context.settings.max_body_bytes)
     return app

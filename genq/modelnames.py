@@ -43,6 +43,24 @@ def model_directory(name: str, settings: Settings) -> Path | None:
     return None
 
 
+def listed_models(
+    settings: Settings, *, served: frozenset[str] = frozenset()
+) -> dict[str, Path | None]:
+    """The models a client can name here, each with its directory where this process has one:
+    built-ins, directories under the model roots (``name`` or ``org/name``) and what live
+    workers serve. Hugging Face cache entries can be named too but are not listed (the cache
+    holds more than models)."""
+    found: dict[str, Path | None] = {name: None for name in (*BUILTIN_MODELS, *sorted(served))}
+    for root in reversed(settings.model_roots):  # the first root wins, as in model_directory
+        if not root.is_dir():
+            continue
+        for config in (*root.glob("*/config.json"), *root.glob("*/*/config.json")):
+            name = config.parent.relative_to(root).as_posix()
+            if DIRECTORY_NAME.fullmatch(name):
+                found[name] = config.parent
+    return found
+
+
 def local_model(value: str, settings: Settings) -> tuple[str, Settings]:
     """For commands run on the model's own machine (``genq run``, ``genq worker``): a path to a
     model directory becomes its name, with its parent added to the model roots. A name genq

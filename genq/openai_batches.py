@@ -19,7 +19,7 @@ from genq.outputs import render
 from genq.producer import Publisher, submit_job
 from genq.settings import Settings
 from genq.store import JobStatus, RequestStatus, cancel_job, get_job, list_results
-from genq.store.files import create_file, get_file
+from genq.store.files import FileInfo, create_file, get_file
 from genq.store.tables import OpenAIBatch, looks_like_id, new_id, utcnow
 from genq.uploads import read_upload, served_model, served_models
 
@@ -307,7 +307,11 @@ def file_public(
 ) -> dict[str, Any]:
     """A file as OpenAI clients read it; ``expires_at`` is when retention deletes it (none
     while a batch still names it past then, and never with ``retention_days`` 0)."""
-    info = get_file(session, tenant=tenant, file_id=file_id)
+    return file_object(get_file(session, tenant=tenant, file_id=file_id), retention_days)
+
+
+def file_object(info: FileInfo, retention_days: float = 0) -> dict[str, Any]:
+    """:func:`file_public` of a file already read."""
     expires = info.created_at + timedelta(days=retention_days) if retention_days else None
     return {
         "id": info.id,

@@ -1,17 +1,18 @@
-"""OpenAI-compatible files: upload a batch input, read a file's record or its content."""
+"""OpenAI-compatible files: upload a batch input, list, read a file's record or its content,
+delete."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.responses import Response
 
 from api.deps import ContextDep, SessionDep, TenantDep
 from api.openapi import non_json
 from genq.intake import check_upload
-from genq.openai_batches import file_public
-from genq.store.files import create_file, file_content
+from genq.openai_batches import file_object, file_public
+from genq.store.files import create_file, delete_file, file_content, list_files
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
@@ -29,6 +30,42 @@ def upload(
     info = create_file(session, tenant=tenant, purpose=purpose, filename=filename, content=content)
     days = context.settings.retention_days
     return file_public(session, tenant=tenant, file_id=info.id, retention_days=days)
+
+
+@router.get("")
+def index(
+    session: SessionDep,
+    tenant: TenantDep,
+    context: ContextDep,
+    purpose: str | None = None,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000,
+    order: Literal["asc", "desc"] = "desc",
+) -> dict[str, Any]:
+    """The caller's files, newest first unless ``order=asc``; ``after`` is the last id of the
+    previous page (as OpenAI's client pages)."""
+    infos, more = list_files(
+        session,
+        tenant=tenant,
+        purpose=purpose,
+        after=after,
+        limit=limit,
+        newest_first=order == "desc",
+    )
+    data = [file_object(info, context.settings.retention_days) for info in infos]
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": more,
+    }
+
+
+@router.delete("/{file_id}")
+def remove(file_id: str, session: SessionDep, tenant: TenantDep) -> dict[str, Any]:
+    delete_file(session, tenant=tenant, file_id=file_id)
+    return {"id": file_id, "object": "file", "deleted": True}
 
 
 @router.get("/{file_id}")

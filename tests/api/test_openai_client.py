@@ -188,3 +188,52 @@ def test_a_batch_past_its_window_expires_keeping_finished_work(
     assert json.loads(output[0])["response"]["body"]["choices"][0]["text"] == "done"
     errors = [json.loads(x) for x in client.files.content(expired.error_file_id).text.splitlines()]
     assert sorted(e["error"]["code"] for e in errors if e["error"]) == ["batch_expired"] * 2
+
+
+def _exact(model: type[Any], data: dict[str, Any]) -> None:
+    """``data`` parses as the client's type, with every field the type requires and none it
+    does not declare."""
+    model.model_validate(data)
+    fields = model.model_fields
+    required = {name for name, field in fields.items() if field.is_required()}
+    assert required <= set(data) <= set(fields), (model.__name__, sorted(data))
+
+
+def test_models_and_files_through_the_official_client(
+    live: Callable[[str], openai.OpenAI], service: Service, tmp_path: Path
+) -> None:
+    from openai.types import FileDeleted, FileObject, Model
+
+    client, other = live("a"), live("b")
+    models = client.models.list()
+    names = [m.id for m in models.data]
+    assert "tiny-gpt2" in names and "smollm2-135m" in names and len(set(names)) == len(names)
+    for raw in client.models.with_raw_response.list().http_response.json()["data"]:
+        _exact(Model, raw)
+    tiny = client.models.retrieve("tiny-gpt2")
+    assert tiny.id == "tiny-gpt2" and tiny.owned_by == "genq" and tiny.created > 0
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("no-such-model")
+
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(_lines("/v1/completions", 2))
+    ids = [client.files.create(file=path, purpose="batch").id for _ in range(5)]
+    assert [f.id for f in client.files.list()] == ids[::-1]  # newest first
+    pages = client.files.list(limit=2, order="asc")
+    assert [f.id for f in pages.data] == ids[:2] and pages.has_more
+    assert [f.id for f in client.files.list(limit=2, order="asc")] == ids  # the client pages on
+    assert list(client.files.list(purpose="batch_output")) == []
+    assert list(other.files.list()) == []  # another tenant's
+    for raw in client.files.with_raw_response.list().http_response.json()["data"]:
+        _exact(FileObject, raw)
+
+    with pytest.raises(openai.NotFoundError):
+        other.files.delete(ids[0])
+    deleted = client.files.with_raw_response.delete(ids[0]).http_response.json()
+    _exact(FileDeleted, deleted)
+    assert deleted == {"id": ids[0], "object": "file", "deleted": True}
+    with pytest.raises(openai.NotFoundError):
+        client.files.retrieve(ids[0])
+    with pytest.raises(openai.NotFoundError):
+        client.files.delete(ids[0])
+    assert [f.id for f in client.files.list()] == ids[:0:-1]
