@@ -271,11 +271,20 @@ def _ts(value: datetime | None) -> int | None:
 
 def public(session: Session, row: OpenAIBatch) -> dict[str, Any]:
     counts = {"total": row.invalid, "completed": 0, "failed": row.invalid}
+    model, usage = None, None
     if row.job_id is not None:
         job = get_job(session, tenant=row.tenant, job_id=row.job_id)
         counts["total"] += job.total
         counts["completed"] = job.succeeded
         counts["failed"] += job.failed + job.cancelled
+        model = job.model
+        usage = {
+            "input_tokens": job.prompt_tokens,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": job.completion_tokens,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": job.prompt_tokens + job.completion_tokens,
+        }
     status = "finalizing" if row.status == "expiring" else row.status
     ended = _ts(row.ended_at)
     return {
@@ -299,6 +308,8 @@ def public(session: Session, row: OpenAIBatch) -> dict[str, Any]:
         "cancelled_at": ended if status == "cancelled" else None,
         "request_counts": counts,
         "metadata": row.metadata_,
+        "model": model,
+        "usage": usage,
     }
 
 

@@ -8,7 +8,11 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from genq import __version__
 from genq.intake import LineForm
+
+SYSTEM_FINGERPRINT = f"fp_genq_{__version__}"
+"""What OpenAI calls the backend configuration a response came from: genq and its version."""
 
 
 def render(
@@ -66,20 +70,21 @@ def render(
             }
             for i, c in enumerate(choices)
         ]
-        obj = "chat.completion"
+        obj, prefix = "chat.completion", "chatcmpl"
     else:
         body_choices = [
             {"index": i, "text": c["text"], "finish_reason": c["finish_reason"], "logprobs": None}
             for i, c in enumerate(choices)
         ]
-        obj = "text_completion"
+        obj, prefix = "text_completion", "cmpl"
     body = {
-        "id": f"cmpl-{uuid.uuid4().hex}",
+        "id": f"{prefix}-{uuid.uuid4().hex}",
         "object": obj,
         "created": int(time.time()),
         "model": model,
         "choices": body_choices,
         "usage": usage,
+        "system_fingerprint": SYSTEM_FINGERPRINT,
     }
     out.update(response={"status_code": 200, "request_id": request_id, "body": body}, error=None)
     return out

@@ -79,11 +79,6 @@ class GenerationParams(BaseModel):
                     raise InvalidRequest(
                         f"params.{name}", f"{name} only applies when do_sample is true"
                     )
-            if self.num_return_sequences > 1:
-                raise InvalidRequest(
-                    "params.num_return_sequences",
-                    "num_return_sequences > 1 needs do_sample true (greedy gives one answer)",
-                )
         if self.min_new_tokens is not None and self.min_new_tokens > self.max_new_tokens:
             raise InvalidRequest(
                 "params.min_new_tokens", "min_new_tokens must not exceed max_new_tokens"

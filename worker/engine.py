@@ -436,7 +436,7 @@ class _Run:
                 self.batch.remove(row)
                 done = self.finished.setdefault(row.key, [])
                 done.append(row)
-                if len(done) == row.params.num_return_sequences:
+                if len(done) == _row_count(row.params):
                     del self.finished[row.key]
                     self.results.append(self._result(done))
 
@@ -490,6 +490,8 @@ class _Run:
                 choices.append(Choice(text, reason, len(row.tokens)))
         except Exception as exc:  # noqa: BLE001 - this request's error; the batch goes on
             return GenResult(key=request.key, error=f"decode failed: {type(exc).__name__}: {exc}")
+        if len(choices) < request.params.num_return_sequences:  # greedy: the one text, n times
+            choices *= request.params.num_return_sequences
         return GenResult(request.key, tuple(choices), len(rows[0].ids))
 
     def _report(self) -> BatchReport:
@@ -539,6 +541,12 @@ def _units(rows: Sequence[Row]) -> list[list[Row]]:
     return list(by_key.values())
 
 
+def _row_count(params: GenerationParams) -> int:
+    """Rows a request decodes: one per return sequence when sampling; greedy decoding gives
+    one text, copied into every choice."""
+    return params.num_return_sequences if params.do_sample else 1
+
+
 def _seeds(params: GenerationParams) -> tuple[int, ...]:
     base = params.seed if params.seed is not None else secrets.randbits(63)
-    return tuple(row_seed(base, i) for i in range(params.num_return_sequences))
+    return tuple(row_seed(base, i) for i in range(_row_count(params)))

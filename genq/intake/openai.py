@@ -123,11 +123,9 @@ def openai_params(body: OpenAIBody, *, chat: bool) -> GenerationParams:
     params: dict[str, Any] = {"do_sample": sampled, "stop": body.stop}
     if limit is not None:
         params["max_new_tokens"] = limit
+    params["num_return_sequences"] = body.n or 1  # greedy: n equal choices, as OpenAI's
     if sampled:
         params.update(temperature=temperature, top_p=body.top_p, seed=body.seed)
-        params["num_return_sequences"] = body.n or 1
-    elif (body.n or 1) != 1:
-        raise InvalidRequest("body.n", "n > 1 needs temperature > 0")
     # Names the client did not write: genq's own, mapped back to the body's.
     names = {"max_new_tokens": limit_name, "num_return_sequences": "n"}
     try:

@@ -123,6 +123,15 @@ def test_upload_create_retrieve_list_download(
     assert all(o["response"]["status_code"] == 200 for o in output)
     assert all(o["response"]["body"]["object"] == "text_completion" for o in output)
     assert all(o["response"]["body"]["usage"]["completion_tokens"] == 3 for o in output)
+    from openai.types import Batch, Completion
+
+    for o in output:
+        _exact(Completion, o["response"]["body"])
+        assert o["response"]["body"]["id"].startswith("cmpl-")
+    assert done.model == "tiny-gpt2" and done.usage is not None
+    assert done.usage.output_tokens == 9 and done.usage.input_tokens > 0
+    assert done.usage.total_tokens == done.usage.input_tokens + 9
+    _exact(Batch, client.batches.with_raw_response.retrieve(batch.id).http_response.json())
     listed = client.batches.list(limit=10)
     assert [b.id for b in listed.data] == [batch.id]
     assert live("b").batches.list().data == []

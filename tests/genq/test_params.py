@@ -15,7 +15,6 @@ from genq.params import parse_params
         ({"temperature": 0.7}, "params.temperature", "do_sample"),
         ({"max_new_tokens": 0}, "params.max_new_tokens", "greater than or equal to 1"),
         ({"max_length": 20}, "params.max_length", "unknown parameter"),
-        ({"num_return_sequences": 2}, "params.num_return_sequences", "do_sample"),
         ({"min_new_tokens": 9, "max_new_tokens": 8}, "params.min_new_tokens", "exceed"),
         ({"stop": [""]}, "params.stop", "empty"),
         ({"max_new_tokens": "many"}, "params.max_new_tokens", "integer"),

@@ -78,6 +78,19 @@ def test_n_return_sequences(tiny: LoadedModel, make_engine: EngineFactory) -> No
     assert alone(engine, req).choices == first.choices
 
 
+def test_greedy_return_sequences_are_one_text_decoded_once(
+    tiny: LoadedModel, make_engine: EngineFactory
+) -> None:
+    engine = make_engine(tiny)
+    three = request("g", "Once upon a time", num_return_sequences=3, max_new_tokens=8)
+    one = request("g1", "Once upon a time", max_new_tokens=8)
+    reports = list(engine.run([three]))
+    assert [r.rows for r in reports] == [1]  # one row decoded, not three
+    choices = reports[0].results[0].choices
+    assert len(choices) == 3 and len(set(choices)) == 1
+    assert choices[0] == alone(engine, one).choices[0]
+
+
 def test_stop_strings_cut_the_text(tiny: LoadedModel, make_engine: EngineFactory) -> None:
     engine = make_engine(tiny)
     prompt = varied_prompts(5)[2]
