@@ -88,6 +88,9 @@ def run(
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         source = read_input(input_path, model=model, settings=settings)
+        if not source.read.valid:  # refused before the model loads (a CSV, the wrong file)
+            first = source.read.lines[0].error_text if source.read.lines else "the file is empty"
+            raise GenqError(f"no line of {input_path} can run (JSONL expected): {first}")
         engine = model_engine(settings, source.model)()
         summary = run_file(source, output, engine=engine, settings=settings, progress=progress)
     except GenqError as exc:
@@ -97,6 +100,9 @@ def run(
         raise typer.Exit(code=130) from None
     typer.echo(summary.text(), err=True)
     typer.echo(f"wrote {summary.lines} lines to {output}", err=True)
+    if summary.failed and not summary.ok and not summary.resumed:
+        typer.secho(f"error: every line failed: see {output}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=1)
 
 
 @models_app.command("pull")

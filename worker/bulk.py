@@ -62,8 +62,6 @@ class RunSummary:
     failed: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    real_prompt_tokens: int = 0
-    padded_prompt_tokens: int = 0
     elapsed: float = 0.0
     batches: list[BatchReport] = field(default_factory=list)
 
@@ -72,27 +70,24 @@ class RunSummary:
         return self.completion_tokens / self.elapsed if self.elapsed else 0.0
 
     @property
-    def padding_efficiency(self) -> float:
-        return (
-            self.real_prompt_tokens / self.padded_prompt_tokens
-            if self.padded_prompt_tokens
-            else 1.0
-        )
+    def rows_per_step(self) -> float | None:
+        """Rows in the decode batch at a step, on average over the run (time-weighted);
+        None when nothing was generated."""
+        timed = [(b.rows, b.seconds) for b in self.batches if b.seconds > 0]
+        seconds = sum(s for _, s in timed)
+        return sum(r * s for r, s in timed) / seconds if seconds else None
 
     def text(self) -> str:
+        rows = self.rows_per_step
         return (
             f"requests: {self.ok} ok, {self.failed} failed ({self.resumed} resumed from an "
             f"earlier run) | tokens: {self.prompt_tokens} prompt, {self.completion_tokens} "
             f"completion | elapsed {self.elapsed:.1f} s | {self.tokens_per_second:.1f} "
-            f"completion tokens/s | padding efficiency {self.padding_efficiency:.1%}"
+            "completion tokens/s" + (f" | {rows:.1f} rows per decode step" if rows else "")
         )
 
     def add_batch(self, report: BatchReport) -> None:
         self.batches.append(report)
-        self.real_prompt_tokens += round(
-            report.prompt_efficiency * report.rows * report.padded_length
-        )
-        self.padded_prompt_tokens += report.rows * report.padded_length
 
 
 @dataclass(frozen=True)

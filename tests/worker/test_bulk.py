@@ -337,5 +337,44 @@ def test_genq_run_command_end_to_end(tmp_path: Path, tiny_cache: Path, tiny: Loa
     )
     assert proc.returncode == 0, proc.stderr
     assert "requests: 3 ok, 0 failed" in proc.stderr
-    assert "padding efficiency" in proc.stderr
+    assert "rows per decode step" in proc.stderr
     assert [o["custom_id"] for o in read_lines(out)] == ["c0", "c1", "c2"]
+
+
+def test_genq_run_exit_codes_say_when_nothing_ran(
+    tmp_path: Path, tiny_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from genq.cli import app
+    from genq.settings import get_settings
+
+    monkeypatch.setenv("GENQ_MODEL_CACHE", str(tiny_cache))
+    monkeypatch.setenv("GENQ_DATABASE_URL", f"sqlite:///{tmp_path / 'genq.db'}")
+    get_settings.cache_clear()
+    runner = CliRunner()
+    csv = tmp_path / "in.csv"
+    csv.write_text("prompt,max_tokens\nhello,4\n")
+    refused = runner.invoke(
+        app, ["run", str(csv), "-o", str(tmp_path / "a.jsonl"), "--model", "tiny-gpt2"]
+    )
+    assert refused.exit_code == 2 and "JSONL expected" in refused.output
+    assert not (tmp_path / "a.jsonl").exists()  # refused before anything ran
+    too_long = write_lines(
+        tmp_path / "long.jsonl", [{"prompt": "hi", "params": {"max_new_tokens": 30000}}]
+    )
+    failed = runner.invoke(
+        app,
+        [
+            "run",
+            str(too_long),
+            "-o",
+            str(tmp_path / "b.jsonl"),
+            "--model",
+            "tiny-gpt2",
+            "--no-progress",
+        ],
+    )
+    assert failed.exit_code == 1 and "every line failed" in failed.output
+    assert "error" in read_lines(tmp_path / "b.jsonl")[0]
+    get_settings.cache_clear()
