@@ -12,7 +12,7 @@ from datetime import timedelta
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from sqlalchemy import func, select
 
 from api.context import Context
@@ -21,7 +21,7 @@ from api.histograms import BatchHistograms, JobLatency
 from api.openapi import non_json
 from genq.store.shares import TenantUsage, usage
 from genq.store.tables import Result, utcnow
-from genq.store.views import live_workers, queue_depths, request_counts
+from genq.store.views import finished_totals, live_workers, queue_depths, request_counts
 from genq.uploads import LIVE_SECONDS
 
 router = APIRouter(tags=["metrics"])
@@ -55,6 +55,7 @@ class StoreCollector:
             counts = request_counts(session)
             workers = live_workers(session, within_seconds=LIVE_SECONDS, now=now)
             tenants = usage(session)
+            totals = finished_totals(session)
             self.batches.update(session)
             self.jobs.update(session)
             tokens = session.scalar(
@@ -63,9 +64,12 @@ class StoreCollector:
                 )
             )
         gauge = GaugeMetricFamily("genq_queue_depth", "Queued requests per model", labels=["model"])
-        for model, count in depth.items():
-            gauge.add_metric([model], count)
+        # every model known here has a sample, 0 when nothing waits (an alert needs one)
+        known = {self.context.settings.default_model, *workers, *totals}
+        for model in sorted(known | set(depth)):
+            gauge.add_metric([model], depth.get(model, 0))
         yield gauge
+        yield from _total_families(totals)
         by_status = GaugeMetricFamily("genq_requests", "Requests by status", labels=["status"])
         for status in ("queued", "running", "succeeded", "failed", "cancelled"):
             by_status.add_metric([status], counts.get(status, 0))
@@ -84,6 +88,28 @@ class StoreCollector:
         )
         yield from self.batches.families()
         yield self.jobs.family()
+
+
+def _total_families(totals: dict[str, dict[str, int]]) -> Iterator[Metric]:
+    """Counters since the database began (retention keeps what it deletes in them): rate()
+    over these is the throughput over any window."""
+    finished = CounterMetricFamily(
+        "genq_requests_finished",
+        "Requests finished, by model and outcome",
+        labels=["model", "status"],
+    )
+    prompt = CounterMetricFamily(
+        "genq_prompt_tokens", "Prompt tokens of finished requests", labels=["model"]
+    )
+    completion = CounterMetricFamily(
+        "genq_completion_tokens", "Completion tokens generated", labels=["model"]
+    )
+    for model, held in sorted(totals.items()):
+        for status in ("succeeded", "failed", "cancelled"):
+            finished.add_metric([model, status], held[status])
+        prompt.add_metric([model], held["prompt_tokens"])
+        completion.add_metric([model], held["completion_tokens"])
+    yield from (finished, prompt, completion)
 
 
 def _tenant_families(tenants: dict[str, TenantUsage]) -> Iterator[Metric]:

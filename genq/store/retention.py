@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Delete, delete, select
+from sqlalchemy import CursorResult, Delete, Update, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from genq.store.status import JobStatus
-from genq.store.tables import File, Job, OpenAIBatch, Request, Result
+from genq.store.tables import File, Job, OpenAIBatch, PrunedTotals, Request, Result
+from genq.store.views import TOTALS
 
 ROWS_PER_PASS = 5000
 """Most requests (with their results) one call deletes: one short transaction's worth."""
@@ -59,16 +60,17 @@ def prune(session: Session, *, before: datetime, limit: int = ROWS_PER_PASS) -> 
         ids = list(session.scalars(select(Request.id).where(Request.job_id.in_(jobs)).limit(limit)))
         if ids:
             session.execute(delete(Result).where(Result.request_id.in_(ids)))
-            report.requests = _deleted(session, delete(Request).where(Request.id.in_(ids)))
+            report.requests = _rows(session, delete(Request).where(Request.id.in_(ids)))
         left = set(session.scalars(select(Request.job_id).where(Request.job_id.in_(jobs))))
         empty = [j for j in jobs if j not in left]
         if empty:
-            report.batches += _deleted(
+            _keep_totals(session, empty)
+            report.batches += _rows(
                 session, delete(OpenAIBatch).where(OpenAIBatch.job_id.in_(empty))
             )
-            report.jobs = _deleted(session, delete(Job).where(Job.id.in_(empty)))
+            report.jobs = _rows(session, delete(Job).where(Job.id.in_(empty)))
     # Batches refused at validation have no job: they go once ended before the cutoff.
-    report.batches += _deleted(
+    report.batches += _rows(
         session,
         delete(OpenAIBatch).where(OpenAIBatch.job_id.is_(None), OpenAIBatch.ended_at < before),
     )
@@ -85,10 +87,30 @@ def prune(session: Session, *, before: datetime, limit: int = ROWS_PER_PASS) -> 
         )
     )
     if old_files:
-        report.files = _deleted(session, delete(File).where(File.id.in_(old_files)))
+        report.files = _rows(session, delete(File).where(File.id.in_(old_files)))
     return report
 
 
-def _deleted(session: Session, statement: Delete) -> int:
+def _keep_totals(session: Session, job_ids: list[str]) -> None:
+    """Add the tallies of jobs about to be deleted to their model's pruned totals."""
+    sums = session.execute(
+        select(Job.model, *(func.sum(getattr(Job, name)) for name in TOTALS))
+        .where(Job.id.in_(job_ids))
+        .group_by(Job.model)
+        .order_by(Job.model)  # one lock order for concurrent pruners
+    ).all()
+    for model, *values in sums:
+        add = {name: int(v or 0) for name, v in zip(TOTALS, values, strict=True)}
+        updated = _rows(
+            session,
+            update(PrunedTotals)
+            .where(PrunedTotals.model == model)
+            .values({name: getattr(PrunedTotals, name) + n for name, n in add.items()}),
+        )
+        if not updated:
+            session.execute(insert(PrunedTotals).values(model=model, **add))
+
+
+def _rows(session: Session, statement: Delete | Update) -> int:
     result = cast("CursorResult[Any]", session.execute(statement))
     return int(result.rowcount)

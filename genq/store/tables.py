@@ -299,6 +299,20 @@ class Tenant(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class PrunedTotals(Base):
+    """Per model, the tallies of the jobs retention deleted: added to the live jobs' tallies,
+    they make the ``/metrics`` totals counters that never go down."""
+
+    __tablename__ = "pruned_totals"
+
+    model: Mapped[str] = mapped_column(String(MAX_NAME_LENGTH), primary_key=True)
+    succeeded: Mapped[int] = mapped_column(BigInteger)
+    failed: Mapped[int] = mapped_column(BigInteger)
+    cancelled: Mapped[int] = mapped_column(BigInteger)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger)
+
+
 class WorkerHeartbeat(Base):
     """The last sign of life of each worker, for the live-workers gauge."""
 

@@ -12,7 +12,15 @@ from sqlalchemy.orm import Session
 from genq.store.jobs import get_job, list_results
 from genq.store.records import JobInfo, ResultRow
 from genq.store.status import JobStatus, RequestStatus
-from genq.store.tables import MAX_IDX, Batch, Job, Request, WorkerHeartbeat, utcnow
+from genq.store.tables import (
+    MAX_IDX,
+    Batch,
+    Job,
+    PrunedTotals,
+    Request,
+    WorkerHeartbeat,
+    utcnow,
+)
 
 _OPEN = (RequestStatus.QUEUED, RequestStatus.RUNNING)
 
@@ -127,6 +135,26 @@ def heartbeat(session: Session, *, worker_id: str, model: str, now: datetime | N
 def forget_worker(session: Session, *, worker_id: str) -> None:
     """Drop ``worker_id``'s heartbeat: a worker leaving cleanly stops counting as live at once."""
     session.execute(delete(WorkerHeartbeat).where(WorkerHeartbeat.worker_id == worker_id))
+
+
+TOTALS = ("succeeded", "failed", "cancelled", "prompt_tokens", "completion_tokens")
+
+
+def finished_totals(session: Session) -> dict[str, dict[str, int]]:
+    """Per model, requests finished by outcome and tokens, since the database began: the jobs'
+    tallies plus those of jobs retention deleted. They only grow (Prometheus counters)."""
+    totals: dict[str, dict[str, int]] = {}
+    for table in (Job, PrunedTotals):
+        rows = session.execute(
+            select(table.model, *(func.sum(getattr(table, name)) for name in TOTALS)).group_by(
+                table.model
+            )
+        )
+        for model, *values in rows:
+            held = totals.setdefault(model, dict.fromkeys(TOTALS, 0))
+            for name, value in zip(TOTALS, values, strict=True):
+                held[name] += int(value or 0)
+    return totals
 
 
 def live_workers(

@@ -55,8 +55,11 @@ def test_metrics_move_after_a_job(service: Service) -> None:
     service.start_worker()
     wait_job(client, job["id"], a)
     after = client.get("/metrics").text
-    assert 'genq_queue_depth{model="tiny-gpt2"}' not in after
+    assert _value(after, 'genq_queue_depth{model="tiny-gpt2"}') == 0  # a sample, though empty
     assert _value(after, 'genq_requests{status="succeeded"}') == 6
+    done = 'genq_requests_finished_total{model="tiny-gpt2",status="succeeded"}'
+    assert _value(before, done) == 0 and _value(after, done) == 6
+    assert _value(after, 'genq_completion_tokens_total{model="tiny-gpt2"}') > 0
     assert _value(after, "genq_batch_rows_sum") == 6
     assert _value(after, "genq_batch_rows_count") >= 1
     assert (

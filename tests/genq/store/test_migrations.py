@@ -13,12 +13,12 @@ from genq.store.db import alembic_config, downgrade, make_engine, upgrade
 from genq.store.tables import Base
 
 TABLES = {"jobs", "requests", "results", "batches"}
-TABLES |= {"api_keys", "files", "openai_batches", "worker_heartbeats", "tenants"}
+TABLES |= {"api_keys", "files", "openai_batches", "worker_heartbeats", "tenants", "pruned_totals"}
 
 
 def test_one_head(sqlite_url: Callable[[], str]) -> None:
     script = ScriptDirectory.from_config(alembic_config(sqlite_url()))
-    assert script.get_heads() == ["0007"]
+    assert script.get_heads() == ["0008"]
 
 
 def test_upgrade_from_empty_matches_the_models(db_url: Callable[[], str]) -> None:
@@ -28,7 +28,7 @@ def test_upgrade_from_empty_matches_the_models(db_url: Callable[[], str]) -> Non
     try:
         with engine.connect() as conn:
             context = MigrationContext.configure(conn, opts={"compare_type": True})
-            assert context.get_current_revision() == "0007"
+            assert context.get_current_revision() == "0008"
             assert set(inspect(conn).get_table_names()) == TABLES | {"alembic_version"}
             assert compare_metadata(context, Base.metadata) == []
     finally:

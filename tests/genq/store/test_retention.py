@@ -9,6 +9,7 @@ from genq.store import cancel_job, claim, complete_many
 from genq.store.files import create_file
 from genq.store.retention import prune
 from genq.store.tables import File, Job, OpenAIBatch, Request, Result
+from genq.store.views import finished_totals
 from tests.conftest import Database
 from tests.genq.store.support import LEASE, MODEL, TENANT, add_job, at, ok
 
@@ -60,6 +61,8 @@ def test_only_what_ended_before_the_cutoff_goes_in_bounded_batches(store: Databa
                 expires_at=at(86400),
             )
         )
+    with store.sessions.begin() as session:
+        totals = finished_totals(session)
     passes = []
     while True:
         with store.sessions.begin() as session:
@@ -77,6 +80,9 @@ def test_only_what_ended_before_the_cutoff_goes_in_bounded_batches(store: Databa
         assert rows(session, Result) == 3
         assert set(session.scalars(select(File.id))) == {kept}
         assert loose not in set(session.scalars(select(File.id)))
+        # the /metrics totals do not go down: the deleted jobs' tallies are kept
+        assert finished_totals(session) == totals
+        assert totals[MODEL]["succeeded"] == 10 and totals[MODEL]["cancelled"] == 2
     # Once the batch's job is done and past the cutoff, batch, job and file all go.
     with store.sessions.begin() as session:
         items = [(c.request_id, c.fence, ok()) for c in held]
