@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 
 mkdir -p out
-rm -f out/quickstart.db out/serve.log
+rm -f out/quickstart.db out/quickstart.db.serve-key out/serve.log
 export GENQ_DATABASE_URL="sqlite:///$PWD/out/quickstart.db"
 port=${GENQ_QUICKSTART_PORT:-8765}
 .venv/bin/genq serve --port "$port" >out/serve.log 2>&1 &
