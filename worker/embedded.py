@@ -3,6 +3,8 @@ from the database, with no queue. ``genq run`` drains its job with it."""
 
 from __future__ import annotations
 
+from functools import partial
+
 from genq.store import reap
 from worker.service import Runtime, claim_any, run_claims
 
@@ -24,5 +26,6 @@ def drain(rt: Runtime, *, job_id: str | None = None) -> int:
         claims = claim_any(rt, job_id=job_id)
         if not claims:
             break
-        written += run_claims(rt, claims, share=job_id is None)
+        more = partial(claim_any, rt, job_id=job_id)  # the next window, while this one runs
+        written += run_claims(rt, claims, share=job_id is None, claim_more=more)
     return written

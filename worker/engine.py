@@ -129,7 +129,14 @@ class Engine:
     def run(self, requests: Iterable[GenRequest]) -> EngineRun:
         """Yields a report each time a share of the requests has finished (and one for
         requests refused before any ran). Between reports, :meth:`EngineRun.withdraw` takes
-        back requests that have not started."""
+        back requests that have not started, and :meth:`EngineRun.extend` adds more."""
+        groups, refused = self.prepare(requests)
+        return EngineRun(self, groups, refused)
+
+    def prepare(
+        self, requests: Iterable[GenRequest]
+    ) -> tuple[dict[str, list[list[Row]]], list[GenResult]]:
+        """Requests as decode rows by parameter set, and those refused (with their error)."""
         groups: dict[str, list[list[Row]]] = {}
         refused: list[GenResult] = []
         for request in requests:
@@ -141,7 +148,7 @@ class Engine:
             seeds = _seeds(request.params)
             rows = [Row(request, i, ids, seed) for i, seed in enumerate(seeds)]
             groups.setdefault(request.params.group_key(), []).append(rows)
-        return EngineRun(self, groups, refused)
+        return groups, refused
 
     def forward(
         self,
@@ -204,7 +211,7 @@ class Engine:
 
 class EngineRun:
     """One window's requests through the engine, a parameter set at a time: an iterator of
-    reports that can also give back requests not started yet."""
+    reports that can also give back requests not started yet and take more while it runs."""
 
     def __init__(
         self, engine: Engine, groups: dict[str, list[list[Row]]], refused: list[GenResult]
@@ -217,6 +224,10 @@ class EngineRun:
         self.before_admit: Callable[[], None] | None = None
         """Called whenever rows are about to join the decode batch, between steps: where a
         worker checks for cancels often enough that few rows join after one."""
+        self.refill: Callable[[], None] | None = None
+        """Called between steps while fewer requests of the running parameter set wait than
+        the batch holds, and none of another: where a worker claims its next window and
+        :meth:`extend` s the run with it, so the batch stays full across windows."""
 
     def __iter__(self) -> EngineRun:
         return self
@@ -226,6 +237,17 @@ class EngineRun:
 
     def close(self) -> None:
         self._reports.close()
+
+    def extend(self, requests: Iterable[GenRequest]) -> None:
+        """More requests for this run: those of the running parameter set join its queue
+        (rows enter the decode batch as others leave it), others run after it."""
+        groups, refused = self._engine.prepare(requests)
+        self._refused.extend(refused)
+        for group, units in groups.items():
+            if self._current is not None and self._current.group == group:
+                self._current.add(units)
+            else:
+                self._groups.setdefault(group, []).extend(units)
 
     def withdraw(self, keys: Iterable[str]) -> set[str]:
         """Take back the requests of ``keys`` that have not started generating; returns those
@@ -247,19 +269,31 @@ class EngineRun:
         if self.before_admit is not None:
             self.before_admit()
 
+    def _hungry(self) -> None:
+        if self.refill is not None and not self._groups:
+            self.refill()
+
+    def _refused_report(self) -> BatchReport:
+        results, self._refused = tuple(self._refused), []
+        return BatchReport("", tuple(r.key for r in results), 0, 0, 1.0, 0.0, results)
+
     def _run(self) -> Generator[BatchReport, None, None]:
-        if self._refused:
-            keys = tuple(r.key for r in self._refused)
-            yield BatchReport("", keys, 0, 0, 1.0, 0.0, tuple(self._refused))
-        while self._groups:
+        while True:
+            if self._refused:
+                yield self._refused_report()
+            if not self._groups:
+                return
             # The smallest parameter set first: what the fair pick gave a small job (of its
             # own parameters) finishes first, not after the large job's part of the window.
             group = min(self._groups, key=lambda g: (_work(self._groups[g]), g))
             units = self._groups.pop(group)
             if not units:
                 continue
-            self._current = _Run(self._engine, group, units, gate=self._gate)
-            yield from self._current.reports()
+            self._current = _Run(self._engine, group, units, gate=self._gate, hungry=self._hungry)
+            for report in self._current.reports():
+                yield report
+                if self._refused:  # refused among requests added meanwhile
+                    yield self._refused_report()
             self._current = None
 
 
@@ -295,6 +329,7 @@ class _Run:
     group: str
     requests: list[list[Row]]  # each request's rows (one per return sequence)
     gate: Callable[[], None] | None = None  # called before rows join: may withdraw pending
+    hungry: Callable[[], None] | None = None  # called while few wait: may add() more
     pending: deque[list[Row]] = field(default_factory=deque)
     batch: DecodeBatch | None = None
     finished: dict[str, list[Row]] = field(default_factory=dict)  # request key -> rows done
@@ -310,13 +345,22 @@ class _Run:
     def __post_init__(self) -> None:
         self.max_rows = self.engine.max_batch_size
         self.max_chunk = self.engine.max_batch_size
-        self._find_prefixes()
+        self._find_prefixes(self.requests)
         order = sorted(self.requests, key=_admission_order)
         self.pending = deque(order)
         self.since = time.perf_counter()
 
+    def add(self, units: list[list[Row]]) -> None:
+        """More requests, queued after those waiting (in admission order among themselves)."""
+        self._find_prefixes(units)
+        self.pending.extend(sorted(units, key=_admission_order))
+
     def reports(self) -> Iterator[BatchReport]:
-        while self.pending or (self.batch is not None and self.batch.live):
+        while True:
+            if self.hungry is not None and len(self.pending) < self.max_rows:
+                self.hungry()
+            if not (self.pending or (self.batch is not None and self.batch.live)):
+                break
             if self._admit():
                 continue  # admit as many chunks as there are free slots before stepping
             assert self.batch is not None and self.batch.live, "a request that never fits"
@@ -510,14 +554,14 @@ class _Run:
         self.since, self.steps, self.row_steps = now, 0, 0
         return report
 
-    def _find_prefixes(self) -> None:
+    def _find_prefixes(self, units: list[list[Row]]) -> None:
         store = self.engine.prefixes
         if not store.capacity:
             return
-        prompts = [unit[0].ids for unit in self.requests]
+        prompts = [unit[0].ids for unit in units]
         lengths = planner.shared_prefixes(prompts, known=store.known)
         # Shorter prefixes first: a longer one that starts with one is computed on top of it.
-        for length, unit in sorted(zip(lengths, self.requests, strict=True), key=lambda p: p[0]):
+        for length, unit in sorted(zip(lengths, units, strict=True), key=lambda p: p[0]):
             if length:
                 prefix = store.get(tuple(unit[0].ids[:length]), self.engine)
                 for row in unit:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -41,6 +42,7 @@ from genq.store import (
 )
 from genq.store.db import make_engine as make_db_engine
 from genq.store.tables import utcnow
+from worker.pipeline import StoreThread
 from worker.types import BatchReport, GenRequest, GenResult
 
 log = logging.getLogger(__name__)
@@ -148,6 +150,13 @@ def handle_message(rt: Runtime, *, model: str, group_key: str, request_ids: Sequ
         )
         return 0
     rt.wait_for_company()
+
+    def next_window() -> list[Claim]:  # claimed while the one before runs
+        with rt.sessions.begin() as session:
+            if rt.settings.claim_order == "oldest":
+                return _claim(rt, session, group_key=group_key)
+            return _claim(rt, session)
+
     written = 0
     try:
         while not rt.stopping.is_set():
@@ -167,7 +176,7 @@ def handle_message(rt: Runtime, *, model: str, group_key: str, request_ids: Sequ
                     claims = []
             if not claims:
                 break
-            written += run_claims(rt, claims, share=True)
+            written += run_claims(rt, claims, share=True, claim_more=next_window)
     finally:
         rt.idle_since = time.monotonic()
     return written
@@ -205,13 +214,20 @@ def _claim(
     )
 
 
-def run_claims(rt: Runtime, claims: Sequence[Claim], *, share: bool = False) -> int:
+def run_claims(
+    rt: Runtime,
+    claims: Sequence[Claim],
+    *,
+    share: bool = False,
+    claim_more: Callable[[], list[Claim]] | None = None,
+) -> int:
     """Run claimed requests and write their outcomes; returns how many were written.
 
     Between batches the worker drops the claims of jobs cancelled meanwhile that have not
     started, and with ``share`` (a worker serving every job of its model, not one job's run)
     gives back the unstarted rest of its window when a job that no worker has started arrives,
-    so the next window is picked fairly with it.
+    so the next window is picked fairly with it. With ``claim_more``, the next window is
+    claimed while this one runs, and joins the engine's run as its queue runs short.
 
     A request claimed before by a worker that never reported (attempts > 1) is a suspect: it
     may be what killed that worker. One suspect runs alone, after the others; the rest go back
@@ -221,167 +237,298 @@ def run_claims(rt: Runtime, claims: Sequence[Claim], *, share: bool = False) -> 
     suspects = [c for c in claims if c.attempts > 1]
     _release(rt, suspects[1:])
     alone = {c.request_id: c for c in suspects[:1]}
-    written = _execute(rt, fresh, waiting=alone, share=share)  # its lease is kept meanwhile
+    # its lease is kept meanwhile
+    written = _Window(rt, waiting=alone, share=share, claim_more=claim_more).run(fresh)
     if rt.stopping.is_set():
         _release(rt, list(alone.values()))
         return written
-    return written + _execute(rt, list(alone.values()))
+    return written + _Window(rt).run(list(alone.values()))
 
 
-def _execute(
-    rt: Runtime,
-    claims: Sequence[Claim],
-    *,
-    waiting: dict[str, Claim] | None = None,
-    share: bool = False,
-) -> int:
-    """Run ``claims`` through the engine, writing batch by batch. ``waiting`` claims run
-    later; their leases are renewed with these (one lost meanwhile is dropped from it)."""
-    held = {c.request_id: c for c in claims}
-    requests: list[GenRequest] = []
-    invalid: list[GenResult] = []
-    for c in claims:
+REFILL_PAUSE_SECONDS = 0.5
+"""After a claim ahead found nothing, the next is tried no sooner than this."""
+
+
+class _Window:
+    """The claims held for one engine run, and the database work on them.
+
+    The engine runs in the caller's thread. Outcomes, releases, cancels and claims ahead are
+    handed to a :class:`worker.pipeline.StoreThread`, which carries them out in order while
+    the engine generates the next batch; ``held`` (a request's claim until its outcome is
+    written or it goes back) is shared between the two under ``lock``. What the engine thread
+    does with the database itself is reading (cancels, arrivals) and, once a third of the lease
+    has gone by, renewing after the writes handed over have landed."""
+
+    def __init__(
+        self,
+        rt: Runtime,
+        *,
+        waiting: dict[str, Claim] | None = None,
+        share: bool = False,
+        claim_more: Callable[[], list[Claim]] | None = None,
+    ) -> None:
+        self.rt = rt
+        self.waiting = waiting or {}  # run later; their leases are renewed with these
+        self.share = share
+        self.claim_more = claim_more
+        self.held: dict[str, Claim] = {}
+        self.lock = threading.Lock()
+        self.store: StoreThread | None = None
+        self.written = 0
+        self.ahead: list[Claim] = []  # claimed ahead, not yet handed to the engine
+        self.asking = False  # a claim ahead is handed over and has not returned
+        self.ask_after = 0.0
+
+    def run(self, claims: Sequence[Claim]) -> int:
+        """Run ``claims`` through the engine, writing batch by batch; returns how many
+        outcomes were written."""
+        if not claims:
+            return 0
+        rt = self.rt
+        self.store = StoreThread(f"genq-store:{rt.worker_id}")
         try:
-            params = parse_params(c.params)
-        except InvalidRequest as exc:
-            invalid.append(GenResult(key=c.request_id, error=str(exc)))
-            continue
-        messages = tuple(c.messages) if c.messages is not None else None
-        requests.append(GenRequest(c.request_id, params, c.prompt, messages))
-    written = _write(rt, held, invalid, report=None) if invalid else 0
-    if not requests:
-        return written
-    renewed_at = time.monotonic()
-    reports = rt.engine.run(requests)
-    withdraw: Callable[[Iterable[str]], set[str]] | None = getattr(reports, "withdraw", None)
-    # Where the engine calls back as rows are about to join its batch, the worker checks there
-    # (often enough that few rows join after a cancel); otherwise after each report.
-    gated = False
-    if withdraw is not None and hasattr(reports, "before_admit"):
-        gated, take_back, checked = True, withdraw, time.monotonic()
+            requests = self._take(claims)
+            while requests:
+                self._generate(requests)
+                self.store.flush()
+                # The engine ran out while a window was being claimed ahead: run that one.
+                with self.lock:
+                    ahead, self.ahead = self.ahead, []
+                requests = self._take(ahead) if ahead and not rt.stopping.is_set() else []
+            self.store.flush()
+        finally:
+            self.store.close()
+            # Stopped between batches, or failed: what did not run goes back, its attempt
+            # returned (an outcome handed over but not written, too).
+            with self.lock:
+                rest = list(self.held.values())
+                self.held.clear()
+            _release(rt, rest)
+        return self.written
 
-        def gate() -> None:
-            nonlocal checked, share
-            if time.monotonic() - checked >= GATE_SECONDS:
-                share = _between_batches(rt, held, take_back, share=share)
-                checked = time.monotonic()
+    def _generate(self, requests: list[GenRequest]) -> None:
+        rt, store = self.rt, self.store
+        assert store is not None
+        renewed_at = time.monotonic()
+        reports = rt.engine.run(requests)
+        withdraw: Callable[[Iterable[str]], set[str]] | None = getattr(reports, "withdraw", None)
+        # Where the engine calls back as rows are about to join its batch, the worker checks
+        # there (often enough that few rows join after a cancel); otherwise after each report.
+        gated = False
+        if withdraw is not None and hasattr(reports, "before_admit"):
+            gated, take_back, checked = True, withdraw, time.monotonic()
 
-        reports.before_admit = gate
-    try:
-        for report in reports:
-            if time.monotonic() - renewed_at > rt.settings.lease_seconds * RENEW_FRACTION:
-                _renew(rt, held, exclude=report.keys)
-                if waiting:
-                    _renew(rt, waiting, exclude=())
-                renewed_at = time.monotonic()
-            written += _write(rt, held, report.results, report=report)
-            if rt.on_batch is not None:
-                rt.on_batch(report)
-            if rt.stopping.is_set() or not held:  # nothing left that is still ours to write
-                break
-            if withdraw is not None and not gated:
-                share = _between_batches(rt, held, withdraw, share=share)
-    finally:
-        close = getattr(reports, "close", None)
-        if close is not None:
-            close()
-        # Stopped between batches, or failed: what did not run goes back, its attempt returned.
-        _release(rt, list(held.values()))
-    return written
+            def gate() -> None:
+                nonlocal checked
+                if time.monotonic() - checked >= GATE_SECONDS:
+                    self._between_batches(take_back)
+                    checked = time.monotonic()
 
+            reports.before_admit = gate
+        extend = getattr(reports, "extend", None)
+        if self.claim_more is not None and extend is not None and hasattr(reports, "refill"):
+            reports.refill = lambda: self._refill(extend)
+        try:
+            for report in reports:
+                store.submit(partial(self._write, report.results, report))
+                if time.monotonic() - renewed_at > rt.settings.lease_seconds * RENEW_FRACTION:
+                    store.flush()  # what was generated is written first: not renewed
+                    self._renew(self.held)
+                    if self.waiting:
+                        self._renew(self.waiting)
+                    renewed_at = time.monotonic()
+                with self.lock:
+                    empty = not self.held
+                if rt.stopping.is_set() or empty:  # nothing left that is still ours to write
+                    break
+                if withdraw is not None and not gated:
+                    self._between_batches(withdraw)
+        finally:
+            close = getattr(reports, "close", None)
+            if close is not None:
+                close()
 
-def _between_batches(
-    rt: Runtime,
-    held: dict[str, Claim],
-    withdraw: Callable[[Iterable[str]], set[str]],
-    *,
-    share: bool,
-) -> bool:
-    """After a batch: take back from the engine the unstarted claims of cancelled jobs (and
-    cancel them), and with ``share``, when a job that arrived since the window was picked is
-    waiting and no worker has started it, every unstarted claim (released, for the next fair
-    pick). Jobs that were there at the pick had their share of it; only arrivals give a window
-    back. Returns whether to look again."""
-    jobs = sorted({c.job_id for c in held.values()})
-    since = rt.claimed_at if share and rt.settings.claim_order == "fair" else None
-    with rt.sessions.begin() as session:
-        cancelled = cancelling_jobs(session, jobs)
-        newcomer = None if since is None else unstarted_job(session, model=rt.model, since=since)
-    if cancelled:
-        taken = withdraw([k for k, c in held.items() if c.job_id in cancelled])
+    def _take(self, claims: Sequence[Claim]) -> list[GenRequest]:
+        """``claims`` held, and as the engine's requests; a stored parameter set that no longer
+        parses is that request's outcome."""
+        requests: list[GenRequest] = []
+        invalid: list[GenResult] = []
+        with self.lock:
+            self.held.update((c.request_id, c) for c in claims)
+        for c in claims:
+            try:
+                params = parse_params(c.params)
+            except InvalidRequest as exc:
+                invalid.append(GenResult(key=c.request_id, error=str(exc)))
+                continue
+            messages = tuple(c.messages) if c.messages is not None else None
+            requests.append(GenRequest(c.request_id, params, c.prompt, messages))
+        if invalid:
+            assert self.store is not None
+            self.store.submit(partial(self._write, invalid, None))
+        return requests
+
+    # -- claiming ahead -----------------------------------------------------------------------
+
+    def _refill(self, extend: Callable[[Iterable[GenRequest]], None]) -> None:
+        """The engine's queue runs short: hand it what was claimed ahead, or ask for more."""
+        assert self.store is not None
+        with self.lock:
+            ahead, self.ahead = self.ahead, []
+        if ahead:
+            extend(self._take(ahead))
+            return
+        if (
+            self.asking
+            or self.claim_more is None
+            or self.rt.stopping.is_set()
+            or time.monotonic() < self.ask_after
+            or self.store.busy()  # writes first; the queue is not empty yet
+        ):
+            return
+        self.asking = True
+        self.store.submit(self._claim_ahead)
+
+    def _claim_ahead(self) -> None:
+        """In the store thread: the next window. A suspect in it stops the claiming ahead: it
+        goes back, to run alone at the next claim (see :func:`run_claims`)."""
+        assert self.claim_more is not None
+        try:
+            claims = self.claim_more()
+            suspects = [c for c in claims if c.attempts > 1]
+            fresh = [c for c in claims if c.attempts <= 1]
+            if suspects:
+                _release(self.rt, suspects)
+                self.claim_more = None
+            if not claims:
+                self.ask_after = time.monotonic() + REFILL_PAUSE_SECONDS
+            with self.lock:
+                self.held.update((c.request_id, c) for c in fresh)
+                self.ahead.extend(fresh)
+        finally:
+            self.asking = False
+
+    # -- between batches ----------------------------------------------------------------------
+
+    def _between_batches(self, withdraw: Callable[[Iterable[str]], set[str]]) -> None:
+        """Take back from the engine the unstarted claims of cancelled jobs (and cancel them),
+        and with ``share``, when a job that arrived since the window was picked is waiting and
+        no worker has started it, every unstarted claim (released, for the next fair pick).
+        Jobs that were there at the pick had their share of it; only arrivals give a window
+        back, once."""
+        rt, store = self.rt, self.store
+        assert store is not None
+        with self.lock:
+            jobs = sorted({c.job_id for c in self.held.values()})
+        since = rt.claimed_at if self.share and rt.settings.claim_order == "fair" else None
+        with rt.sessions.begin() as session:
+            cancelled = cancelling_jobs(session, jobs)
+            newcomer = (
+                None if since is None else unstarted_job(session, model=rt.model, since=since)
+            )
+        if cancelled:
+            with self.lock:
+                keys = [k for k, c in self.held.items() if c.job_id in cancelled]
+            taken = withdraw(keys)
+            if taken:
+                with self.lock:
+                    # cancelled, or taken over meanwhile: not ours either way
+                    items = [(k, self.held.pop(k).fence) for k in sorted(taken) if k in self.held]
+                store.submit(partial(self._cancel, items))
+                log.info(
+                    "dropped %d unstarted requests of cancelled jobs %s",
+                    len(taken),
+                    sorted(cancelled),
+                    extra={"worker_id": rt.worker_id, "job_ids": sorted(cancelled)},
+                )
+        if newcomer is None:
+            self.share = since is not None
+            return
+        self.share = False
+        with self.lock:
+            keys = list(self.held)
+        taken = withdraw(keys)
         if taken:
-            items = [(k, held[k].fence) for k in sorted(taken)]
-            with rt.sessions.begin() as session:
-                cancel_claims(session, worker_id=rt.worker_id, held=items)
-            for key in taken:
-                held.pop(key, None)  # cancelled, or taken over meanwhile: not ours either way
             log.info(
-                "dropped %d unstarted requests of cancelled jobs %s",
+                "job %s is waiting: %d unstarted claims go back for a fair pick",
+                newcomer,
                 len(taken),
-                sorted(cancelled),
-                extra={"worker_id": rt.worker_id, "job_ids": sorted(cancelled)},
+                extra={"worker_id": rt.worker_id, "job_id": newcomer},
             )
-    if newcomer is None:
-        return since is not None
-    taken = withdraw(list(held))
-    if taken:
-        log.info(
-            "job %s is waiting: %d unstarted claims go back for a fair pick",
-            newcomer,
-            len(taken),
-            extra={"worker_id": rt.worker_id, "job_id": newcomer},
-        )
-        _release(rt, [held.pop(key) for key in sorted(taken)])
-    return False
+            with self.lock:
+                back = [self.held.pop(key) for key in sorted(taken) if key in self.held]
+            store.submit(partial(_release, rt, back))
 
+    def _cancel(self, items: list[tuple[str, int]]) -> None:
+        with self.rt.sessions.begin() as session:
+            cancel_claims(session, worker_id=self.rt.worker_id, held=items)
 
-def _write(
-    rt: Runtime,
-    held: dict[str, Claim],
-    results: Sequence[GenResult],
-    *,
-    report: BatchReport | None,
-) -> int:
-    """One generate call's outcomes in one transaction, fenced, with the batch's record."""
-    now = utcnow()
-    started = now - timedelta(seconds=report.seconds) if report else now
-    items = [
-        (r.key, held[r.key].fence, _outcome(r, started=started, finished=now))
-        for r in results
-        if r.key in held
-    ]
-    batch_id = None
-    with rt.sessions.begin() as session:
-        done = complete_many(session, items=items, now=now)
-        if report is not None and report.rows:
-            batch_id = record_batch(
+    # -- the store thread's writes ------------------------------------------------------------
+
+    def _write(self, results: Sequence[GenResult], report: BatchReport | None) -> None:
+        """One report's outcomes in one transaction, fenced, with the batch's record; then
+        the runtime's ``on_batch``."""
+        rt = self.rt
+        now = utcnow()
+        started = now - timedelta(seconds=report.seconds) if report else now
+        with self.lock:
+            mine = {r.key: self.held[r.key] for r in results if r.key in self.held}
+        items = [
+            (r.key, mine[r.key].fence, _outcome(r, started=started, finished=now))
+            for r in results
+            if r.key in mine
+        ]
+        batch_id = None
+        with rt.sessions.begin() as session:
+            done = complete_many(session, items=items, now=now)
+            if report is not None and report.rows:
+                batch_id = record_batch(
+                    session,
+                    batch=BatchRecord(
+                        worker_id=rt.worker_id,
+                        model=rt.model,
+                        group_key=report.group,
+                        rows=report.rows,
+                        padded_length=report.padded_length,
+                        prompt_efficiency=report.prompt_efficiency,
+                        seconds=report.seconds,
+                        request_ids=report.keys,
+                        refused=len(results) - sum(done),
+                    ),
+                    now=now,
+                )
+        written = {key for (key, _, _), ok in zip(items, done, strict=True) if ok}
+        _log_outcomes(rt, mine, results, written=written, report=report, batch_id=batch_id)
+        with self.lock:
+            for key, _, _ in items:
+                self.held.pop(key, None)
+        self.written += sum(done)
+        if not all(done):
+            stale = [key for key, _, _ in items if key not in written]
+            log.warning(
+                "refused %d outcomes of stale claims: %s",
+                len(stale),
+                stale[:8],
+                extra={"worker_id": rt.worker_id, "batch_id": batch_id, "request_ids": stale},
+            )
+        if report is not None and rt.on_batch is not None:
+            rt.on_batch(report)
+
+    def _renew(self, claims: dict[str, Claim]) -> None:
+        rt = self.rt
+        with self.lock:
+            items = [(c.request_id, c.fence) for c in claims.values()]
+        with rt.sessions.begin() as session:
+            kept = renew(
                 session,
-                batch=BatchRecord(
-                    worker_id=rt.worker_id,
-                    model=rt.model,
-                    group_key=report.group,
-                    rows=report.rows,
-                    padded_length=report.padded_length,
-                    prompt_efficiency=report.prompt_efficiency,
-                    seconds=report.seconds,
-                    request_ids=report.keys,
-                    refused=len(results) - sum(done),
-                ),
-                now=now,
+                worker_id=rt.worker_id,
+                held=items,
+                lease_seconds=rt.settings.lease_seconds,
             )
-    written = {key for (key, _, _), ok in zip(items, done, strict=True) if ok}
-    _log_outcomes(rt, held, results, written=written, report=report, batch_id=batch_id)
-    for key, _, _ in items:
-        held.pop(key, None)
-    if not all(done):
-        stale = [key for key, _, _ in items if key not in written]
-        log.warning(
-            "refused %d outcomes of stale claims: %s",
-            len(stale),
-            stale[:8],
-            extra={"worker_id": rt.worker_id, "batch_id": batch_id, "request_ids": stale},
-        )
-    return sum(done)
+        with self.lock:
+            for request_id, _ in items:
+                if request_id not in kept:  # taken over, or its job was cancelled
+                    claims.pop(request_id, None)
 
 
 def _log_outcomes(
@@ -440,20 +587,6 @@ def _outcome(result: GenResult, *, started: datetime, finished: datetime) -> Out
         started_at=started,
         finished_at=finished,
     )
-
-
-def _renew(rt: Runtime, held: dict[str, Claim], *, exclude: Sequence[str]) -> None:
-    waiting = [(c.request_id, c.fence) for c in held.values() if c.request_id not in exclude]
-    with rt.sessions.begin() as session:
-        kept = renew(
-            session,
-            worker_id=rt.worker_id,
-            held=waiting,
-            lease_seconds=rt.settings.lease_seconds,
-        )
-    for request_id, _ in waiting:
-        if request_id not in kept:  # taken over, or its job was cancelled
-            held.pop(request_id, None)
 
 
 def _release(rt: Runtime, claims: Sequence[Claim]) -> None:

@@ -378,3 +378,70 @@ def test_genq_run_exit_codes_say_when_nothing_ran(
     assert failed.exit_code == 1 and "every line failed" in failed.output
     assert "error" in read_lines(tmp_path / "b.jsonl")[0]
     get_settings.cache_clear()
+
+
+KILLED_BEFORE_WRITE = """
+import os, sys, time
+from pathlib import Path
+from genq.settings import Settings
+from worker.bulk import read_input, run_file
+from worker.engine import Engine, EngineRun
+from worker.models import load_model
+
+settings = Settings(database_url=sys.argv[3], model_cache=Path(sys.argv[4]))
+engine = Engine(load_model("tiny-gpt2", settings), max_batch_tokens=65536, max_batch_size=4)
+source = read_input(Path(sys.argv[1]), model="tiny-gpt2", settings=settings)
+generated = []
+next_report = EngineRun.__next__
+
+def next_then_die(run):
+    report = next_report(run)
+    generated.append(report.keys)
+    if len(generated) == 2:
+        # the first report handed to the store thread has landed; the second is generated,
+        # not handed over: the process dies between generate and write
+        time.sleep(1.0)
+        print(" ".join(generated[1]), flush=True)
+        os._exit(9)
+    return report
+
+EngineRun.__next__ = next_then_die
+run_file(source, Path(sys.argv[2]), engine=engine, settings=settings, progress=False)
+"""
+
+
+def test_a_run_killed_between_generate_and_write_loses_and_repeats_nothing(
+    tmp_path: Path, tiny: LoadedModel, make_engine: EngineFactory, settings: Settings
+) -> None:
+    src = write_lines(tmp_path / "in.jsonl", native_lines(12))
+    out = tmp_path / "out.jsonl"
+    args = [str(src), str(out), settings.database_url, str(settings.model_cache)]
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_BEFORE_WRITE, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert killed.returncode == 9, killed.stderr
+    unwritten = set(killed.stdout.split())
+    rows = {r.id: r for r in request_rows(settings, out)}
+    finished = {key for key, r in rows.items() if r.status == RequestStatus.SUCCEEDED}
+    # The first report was written; the second, generated when the process died, was not:
+    # its requests are still running under the dead process's lease.
+    assert finished and unwritten and finished.isdisjoint(unwritten)
+    assert {rows[key].status for key in unwritten} == {RequestStatus.RUNNING}
+    second: list[BatchReport] = []
+    summary = run_path(
+        src,
+        out,
+        engine=make_engine(tiny, max_batch_size=4),
+        settings=settings,
+        on_batch=second.append,
+    )
+    redone = [key for report in second for key in report.keys]
+    # Every request not written ran again, once; none written ran again.
+    assert sorted(redone) == sorted(set(rows) - finished)
+    assert (summary.resumed, summary.ok, summary.failed) == (len(finished), 12 - len(finished), 0)
+    fresh = tmp_path / "fresh.jsonl"
+    run_path(src, fresh, engine=make_engine(tiny, max_batch_size=4), settings=settings)
+    assert read_lines(out) == read_lines(fresh)

@@ -288,6 +288,45 @@ def test_rows_admitted_into_a_running_batch_give_the_same_text(
         assert results[req.key].choices == alone(solo, req).choices, req.key
 
 
+def test_requests_added_while_the_run_goes_join_its_batch_with_the_same_texts(
+    tiny: LoadedModel, make_engine: EngineFactory
+) -> None:
+    reqs = [request(str(i), p, max_new_tokens=20) for i, p in enumerate(varied_prompts(18))]
+    other = request("other", "A different parameter set.", max_new_tokens=9)
+    bad = request("bad", "x " * 5000, max_new_tokens=5)  # over the context: refused
+    engine = make_engine(tiny, max_batch_size=6)
+    run = engine.run(reqs[:6])
+    windows = [reqs[6:12], reqs[12:] + [other, bad]]
+    asked: list[int] = []
+
+    def refill() -> None:  # as a worker does with the windows it claimed ahead
+        asked.append(len(asked))
+        if windows:
+            run.extend(windows.pop(0))
+
+    run.refill = refill
+    events: list[tuple[str, int]] = []
+
+    def wrap(real: Forward, rows: Sequence[Row], args: tuple[Any, ...]) -> torch.Tensor:
+        events.append(("step" if args[0].shape[1] == 1 else "prefill", len(rows)))
+        return real(rows, *args)
+
+    spy(engine, wrap)
+    reports = list(run)
+    results = {r.key: r for report in reports for r in report.results}
+    assert not windows and sorted(results) == sorted([r.key for r in reqs] + ["other", "bad"])
+    assert results["bad"].error is not None and "context" in results["bad"].error
+    # One batch of 6 rows ran the three windows (it never drained between them), and the other
+    # parameter set ran after it, in a report of its own.
+    steps = [n for kind, n in events if kind == "step"]
+    assert steps.count(6) >= 20
+    (last,) = [report for report in reports if "other" in report.keys]
+    assert last.keys == ("other",) and reports[-1] is last
+    solo = make_engine(tiny, max_batch_size=1)
+    for req in reqs + [other]:
+        assert results[req.key].choices == alone(solo, req).choices, req.key
+
+
 TEMPLATE = "Answer in one short sentence. Here are worked examples.\n" + "".join(
     f"Question: what is {n} plus {n}? Answer: {2 * n}.\n" for n in range(12)
 )

@@ -169,13 +169,28 @@ def test_a_message_runs_the_fair_pick_in_batches_of_one_parameter_set_across_job
         assert len(list_batches(session)) == len(batches)
 
 
-def test_the_window_bounds_each_claim(runtime: RuntimeFactory) -> None:
+def test_the_window_bounds_each_claim_and_the_next_joins_the_running_batch(
+    runtime: RuntimeFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import worker.service
+
+    sizes: list[int] = []
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        claims = claim(*args, **kwargs)
+        sizes.append(len(claims))
+        return claims
+
+    monkeypatch.setattr(worker.service, "claim", counted)
     rt = runtime(window=2)
-    ids = add_job(rt, varied_prompts(5))
-    assert message(rt, ids) == 5
+    ids = add_job(rt, varied_prompts(7))
+    assert message(rt, ids) == 7
     with rt.sessions.begin() as session:
         batches = list_batches(session)
-    assert max(batch.rows for batch in batches) == 2
+    assert max(sizes) == 2 and sum(sizes) == 7
+    # Windows claimed ahead joined the decode batch while the one before ran: more rows in a
+    # step than one window holds.
+    assert max(batch.rows for batch in batches) > 2
     assert sorted(i for batch in batches for i in batch.request_ids) == sorted(ids)
 
 
@@ -235,13 +250,20 @@ def test_a_stop_between_batches_releases_the_rest_with_their_attempts(
     runtime: RuntimeFactory,
 ) -> None:
     rt = runtime(max_batch_size=2)
-    rt.on_batch = lambda report: rt.stopping.set()
-    ids = add_job(rt, varied_prompts(6))
-    assert message(rt, ids) == 2
-    statuses = rows(rt, ids)
-    assert sorted(statuses) == sorted(
-        [(RequestStatus.SUCCEEDED, 1)] * 2 + [(RequestStatus.QUEUED, 0)] * 4
-    )
+    reported: list[str] = []
+
+    def stop(report: BatchReport) -> None:  # called once the report is written
+        reported.extend(report.keys)
+        rt.stopping.set()
+
+    rt.on_batch = stop
+    ids = add_job(rt, varied_prompts(20))
+    # What the engine had generated when the stop was seen is written too (at most what the
+    # store thread had queued), and only that: the rest goes back.
+    assert message(rt, ids) == len(reported) < 8
+    statuses = dict(zip(ids, rows(rt, ids), strict=True))
+    assert {statuses[i] for i in reported} == {(RequestStatus.SUCCEEDED, 1)}
+    assert {s for i, s in statuses.items() if i not in reported} == {(RequestStatus.QUEUED, 0)}
 
 
 def test_a_bad_stored_parameter_fails_only_its_request(runtime: RuntimeFactory) -> None:
@@ -303,10 +325,11 @@ def test_a_cancel_stops_the_job_at_the_next_batch(runtime: RuntimeFactory) -> No
     drain(rt)
     with rt.sessions.begin() as session:
         job = get_job(session, tenant=TENANT, job_id=job_id)
-    # What was in the decode batch at the cancel (at most 8 rows) finished; nothing else did,
-    # though all 120 were claimed in one window.
+    # What was in the decode batch at the cancel (at most 8 rows) finished, and what had been
+    # generated but not yet written (the store thread's queue and the report handed to it: at
+    # most 8 each); nothing else did, though all 120 were claimed in one window.
     assert job.status is JobStatus.CANCELLED
-    assert 0 < job.succeeded - at_cancel[0] <= 8
+    assert 0 < job.succeeded - at_cancel[0] <= 3 * 8
     assert job.succeeded + job.cancelled == 120
 
 
