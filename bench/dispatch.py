@@ -9,6 +9,13 @@ a second the claim -> write loop moves.
    of each (model load and warm-up excluded), the ratio, and whether every text is identical.
 2. Dispatch capacity with a trivial generator (no model): requests/s from submit to the last
    result with 1 and 2 workers, and through the embedded worker on SQLite for reference.
+3. An accelerator stand-in (``--accelerator-ms``): a generator that takes that long per batch of
+   ``--accelerator-rows`` one-token requests, sleeping (the GIL free, as while a GPU computes)
+   and continuously refilled as the real engine is. One worker: requests/s, and the fraction of
+   the wall time the stand-in was not generating (the accelerator's idle fraction).
+
+With ``--baseline REV``, the workers of git revision REV run beside this tree's in parts 2 and
+3 (its worker code, this file's generators), rounds in alternating order.
 
 Starts its own redis-server and PostgreSQL (as the integration tests do) on 127.0.0.1.
 Prints numbers; it does not pass or fail.
@@ -24,11 +31,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-# The repository root, where the tests' service helpers (redis-server, PostgreSQL) live.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# The repository root, where the tests' service helpers (redis-server, PostgreSQL) live; a
+# dispatch worker of another revision (--code=DIR) imports that tree's genq and worker instead.
+_CODE = next((arg.split("=", 1)[1] for arg in sys.argv if arg.startswith("--code=")), None)
+sys.path.insert(0, _CODE or str(Path(__file__).resolve().parents[1]))
 
 from genq.params import GenerationParams  # noqa: E402
 from genq.settings import Settings, get_settings  # noqa: E402
@@ -58,16 +68,69 @@ class TrivialGenerator:
             yield BatchReport(chunk[0].params.group_key(), keys, len(chunk), 1, 1.0, 0.0, results)
 
 
-def serve_trivial() -> None:
-    """Entry of the dispatch workers: the real worker, the trivial generator."""
+class AcceleratorRun:
+    """One run of :class:`AcceleratorGenerator`: the engine's interface (``withdraw``,
+    ``before_admit``, ``extend``, ``refill``) over a queue of requests."""
+
+    def __init__(self, requests: Iterable[GenRequest], rows: int, seconds: float) -> None:
+        self.pending = deque(requests)
+        self.rows, self.seconds = rows, seconds
+        self.before_admit: Callable[[], None] | None = None
+        self.refill: Callable[[], None] | None = None
+
+    def __iter__(self) -> AcceleratorRun:
+        return self
+
+    def __next__(self) -> BatchReport:
+        if self.refill is not None and len(self.pending) < self.rows:
+            self.refill()
+        if self.before_admit is not None:
+            self.before_admit()
+        if not self.pending:
+            raise StopIteration
+        chunk = [self.pending.popleft() for _ in range(min(self.rows, len(self.pending)))]
+        time.sleep(self.seconds)
+        results = tuple(
+            GenResult(r.key, (Choice("x", "length", 1),), prompt_tokens=1) for r in chunk
+        )
+        keys = tuple(r.key for r in chunk)
+        return BatchReport(
+            chunk[0].params.group_key(), keys, len(chunk), 1, 1.0, self.seconds, results
+        )
+
+    def extend(self, requests: Iterable[GenRequest]) -> None:
+        self.pending.extend(requests)
+
+    def withdraw(self, keys: Iterable[str]) -> set[str]:
+        wanted = set(keys)
+        taken = {r.key for r in self.pending if r.key in wanted}
+        self.pending = deque(r for r in self.pending if r.key not in wanted)
+        return taken
+
+    def close(self) -> None:
+        self.pending.clear()
+
+
+class AcceleratorGenerator:
+    """``seconds`` per batch of up to ``rows`` requests, one token each."""
+
+    def __init__(self, rows: int, seconds: float) -> None:
+        self.rows, self.seconds = rows, seconds
+
+    def run(self, requests: Iterable[GenRequest]) -> AcceleratorRun:
+        return AcceleratorRun(requests, self.rows, self.seconds)
+
+
+def serve(kind: str) -> None:
+    """Entry of the dispatch workers: the real worker, a stand-in generator."""
     from worker.tasks import run_worker
 
     settings = get_settings()
-    run_worker(
-        settings,
-        model=TRIVIAL,
-        make_engine=lambda: TrivialGenerator(settings.max_batch_size),
-    )
+    if kind == "trivial":
+        generator: Generator = TrivialGenerator(settings.max_batch_size)
+    else:
+        generator = AcceleratorGenerator(settings.max_batch_size, float(kind) / 1000)
+    run_worker(settings, model=TRIVIAL, make_engine=lambda: generator)
 
 
 def load_prompts(count: int) -> list[str]:
@@ -111,6 +174,20 @@ def dispatch(cluster, count: int, cpu: PgCpu) -> tuple[float, float]:  # type: i
     return count / elapsed, used * 1e6 / count
 
 
+def accelerated(cluster, count: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """(requests/s, the accelerator stand-in's idle fraction) of one job of ``count``."""
+    prompts = [f"request {i}" for i in range(count)]
+    params = GenerationParams(max_new_tokens=1)
+    cluster.wait_jobs([cluster.submit(prompts[:8], params)], timeout=120)
+    before = len(cluster.batches())
+    started = time.perf_counter()
+    job = cluster.submit(prompts, params)
+    cluster.wait_jobs([job], timeout=1800, every=0.01)
+    elapsed = time.perf_counter() - started
+    busy = sum(batch.seconds for batch in cluster.batches()[before:])
+    return count / elapsed, 1 - busy / elapsed
+
+
 def embedded_dispatch(count: int, workdir: Path) -> float:
     from genq.store import NewRequest, create_job, session_factory
     from genq.store.db import make_engine
@@ -149,7 +226,13 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--dispatch-count", type=int, default=4000)
-    parser.add_argument("--serve-trivial", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--accelerator-ms", type=float, default=30.0, help="part 3: ms per batch (0: skip it)"
+    )
+    parser.add_argument("--accelerator-rows", type=int, default=64, help="part 3: batch rows")
+    parser.add_argument("--accelerator-count", type=int, default=8000)
+    parser.add_argument("--serve", help=argparse.SUPPRESS)
+    parser.add_argument("--code", help=argparse.SUPPRESS)  # read before the imports
     parser.add_argument(
         "--skip-engine", action="store_true", help="only the dispatch part (no model)"
     )
@@ -159,8 +242,8 @@ def main() -> None:
         help="also run the dispatch workers of git revision REV, side by side",
     )
     args = parser.parse_args()
-    if args.serve_trivial:
-        serve_trivial()
+    if args.serve:
+        serve(args.serve)
         return
 
     from tests.conftest import running_pg_server
@@ -175,13 +258,14 @@ def main() -> None:
     totals = {"alone": [0, 0.0], "queue": [0, 0.0]}
     same = 0
     rates: dict[str, list[tuple[float, float]]] = {}
+    stand_in: dict[str, list[tuple[float, float]]] = {}
 
     with tempfile.TemporaryDirectory(prefix="genq-bench-") as tmp, running_pg_server() as pg:
         workdir = Path(tmp)
         redis = RedisServer(workdir)
         redis.start()
         clusters: list[Cluster] = []
-        commands = {"this tree": [sys.executable, str(Path(__file__).resolve()), "--serve-trivial"]}
+        codes = {"this tree": REPO}
         if args.baseline:
             tree = workdir / "baseline"
             subprocess.run(
@@ -190,12 +274,13 @@ def main() -> None:
                 check=True,
                 capture_output=True,
             )
-            # Its own directory comes first on its sys.path: its genq, not this tree's.
-            commands[f"baseline {args.baseline}"] = [
-                sys.executable,
-                str(tree / "bench" / "dispatch.py"),
-                "--serve-trivial",
-            ]
+            codes[f"baseline {args.baseline}"] = tree
+
+        def command(name: str, kind: str) -> list[str]:
+            # The code's own directory comes first on its sys.path: its genq, not this tree's.
+            here = str(Path(__file__).resolve())
+            return [sys.executable, here, f"--serve={kind}", f"--code={codes[name]}"]
+
         try:
 
             def cluster(name: str, model: str) -> Cluster:
@@ -240,16 +325,24 @@ def main() -> None:
 
             # Each code's workers in turn, rounds in alternating order.
             for n in range(args.rounds):
-                names = list(commands) if n % 2 == 0 else list(commands)[::-1]
+                names = list(codes) if n % 2 == 0 else list(codes)[::-1]
                 for name in names:
                     trivial = cluster(f"bench_dispatch_{n}_{len(clusters)}", TRIVIAL)
                     cpu = PgCpu(pg)
-                    trivial.start_worker(command=commands[name])
+                    trivial.start_worker(command=command(name, "trivial"))
                     one = dispatch(trivial, args.dispatch_count, cpu)
-                    trivial.start_worker(command=commands[name])
+                    trivial.start_worker(command=command(name, "trivial"))
                     two = dispatch(trivial, args.dispatch_count, cpu)
                     rates.setdefault(name, []).extend([one, two])
                     trivial.close()
+            for n in range(args.rounds if args.accelerator_ms else 0):
+                names = list(codes) if n % 2 == 0 else list(codes)[::-1]
+                for name in names:
+                    accel = cluster(f"bench_accelerator_{n}_{len(clusters)}", TRIVIAL)
+                    accel.configure(max_batch_size=args.accelerator_rows)
+                    accel.start_worker(command=command(name, str(args.accelerator_ms)))
+                    stand_in.setdefault(name, []).append(accelerated(accel, args.accelerator_count))
+                    accel.close()
             embedded = embedded_dispatch(args.dispatch_count, workdir)
         finally:
             for built in clusters:
@@ -291,6 +384,18 @@ def main() -> None:
         mine, base = (sum(r[0] for r in v) / len(v) for v in rates.values())
         print(f"this tree / baseline: {mine / base:.2f}x requests/s (mean over rounds)")
     print(f"embedded (SQLite, no Redis, this tree): {embedded:8.0f} requests/s")
+    if stand_in:
+        ideal = args.accelerator_rows / args.accelerator_ms * 1000
+        print(
+            f"accelerator stand-in, {args.accelerator_ms:g} ms per batch of "
+            f"{args.accelerator_rows} (at most {ideal:.0f} requests/s), "
+            f"{args.accelerator_count} requests, 1 worker, Redis + PostgreSQL:"
+        )
+        print("| workers' code | requests/s | accelerator idle |")
+        print("|---|---|---|")
+        for name, found in stand_in.items():
+            for rate, idle in found:
+                print(f"| {name} | {rate:8.0f} | {idle:6.1%} |")
 
 
 class PgCpu:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 Task = Callable[[], None]
 
-DEPTH = 2
+DEPTH = 1
 """Tasks waiting behind the one running before a hand-over blocks: how far the engine may run
 ahead of the database. Bounded, so what is generated but not yet written stays small."""
 
