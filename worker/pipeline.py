@@ -40,6 +40,20 @@ class StoreThread:
             self._unfinished += 1
         self._tasks.put(task)
 
+    def offer(self, task: Task) -> bool:
+        """Queue ``task`` if that needs no wait; returns whether it was queued."""
+        self._raise()
+        with self._idle:
+            self._unfinished += 1
+        try:
+            self._tasks.put_nowait(task)
+        except queue.Full:
+            with self._idle:
+                self._unfinished -= 1
+                self._idle.notify_all()
+            return False
+        return True
+
     def busy(self) -> bool:
         """Whether a task is queued or running."""
         with self._idle:

@@ -278,6 +278,8 @@ class _Window:
         self.ahead: list[Claim] = []  # claimed ahead, not yet handed to the engine
         self.asking = False  # a claim ahead is handed over and has not returned
         self.ask_after = 0.0
+        self.looking = False  # a look for cancels and arrivals is handed over
+        self.news: tuple[set[str], str | None, bool] | None = None  # what it found
 
     def run(self, claims: Sequence[Claim]) -> int:
         """Run ``claims`` through the engine, writing batch by batch; returns how many
@@ -328,6 +330,7 @@ class _Window:
         extend = getattr(reports, "extend", None)
         if self.claim_more is not None and extend is not None and hasattr(reports, "refill"):
             reports.refill = lambda: self._refill(extend)
+            self._ask()  # one window in reserve from the start
         try:
             for report in reports:
                 store.submit(partial(self._write, report.results, report))
@@ -371,19 +374,25 @@ class _Window:
     # -- claiming ahead -----------------------------------------------------------------------
 
     def _refill(self, extend: Callable[[Iterable[GenRequest]], None]) -> None:
-        """The engine's queue runs short: hand it what was claimed ahead, or ask for more."""
+        """The engine's queue runs short: hand it the window claimed ahead, and ask for the
+        next one at once, so one is ready before the engine runs out again."""
         assert self.store is not None
         with self.lock:
             ahead, self.ahead = self.ahead, []
         if ahead:
             extend(self._take(ahead))
-            return
+        self._ask()
+
+    def _ask(self) -> None:
+        """Hand the store thread a claim ahead, unless one is out, or the last found nothing
+        a moment ago."""
+        assert self.store is not None
         if (
             self.asking
+            or self.ahead
             or self.claim_more is None
             or self.rt.stopping.is_set()
             or time.monotonic() < self.ask_after
-            or self.store.busy()  # writes first; the queue is not empty yet
         ):
             return
         self.asking = True
@@ -411,53 +420,85 @@ class _Window:
     # -- between batches ----------------------------------------------------------------------
 
     def _between_batches(self, withdraw: Callable[[Iterable[str]], set[str]]) -> None:
-        """Take back from the engine the unstarted claims of cancelled jobs (and cancel them),
-        and with ``share``, when a job that arrived since the window was picked is waiting and
-        no worker has started it, every unstarted claim (released, for the next fair pick).
+        """Act on what the store thread last found (:meth:`_look`), and have it look again.
+
+        The unstarted claims of cancelled jobs are taken back from the engine (and cancelled);
+        with ``share``, when a job that arrived since the window was picked is waiting and no
+        worker has started it, every unstarted claim is (released, for the next fair pick).
         Jobs that were there at the pick had their share of it; only arrivals give a window
         back, once."""
-        rt, store = self.rt, self.store
+        store = self.store
         assert store is not None
-        with self.lock:
-            jobs = sorted({c.job_id for c in self.held.values()})
-        since = rt.claimed_at if self.share and rt.settings.claim_order == "fair" else None
-        with rt.sessions.begin() as session:
-            cancelled = cancelling_jobs(session, jobs)
-            newcomer = (
-                None if since is None else unstarted_job(session, model=rt.model, since=since)
-            )
-        if cancelled:
+        news, self.news = self.news, None
+        if news is not None:
+            cancelled, newcomer, looked_for_newcomers = news
+            if cancelled:
+                self._drop_cancelled(withdraw, cancelled)
+            if newcomer is not None and self.share:
+                self.share = False
+                self._give_back(withdraw, newcomer)
+            elif newcomer is None:
+                self.share = self.share and looked_for_newcomers
+        if not self.looking:
+            self.looking = True  # before the hand-over: the store thread clears it
+            if not store.offer(self._look):
+                self.looking = False
+
+    def _look(self) -> None:
+        """In the store thread: the held jobs that are being cancelled, and (with ``share``) a
+        job that arrived since the last pick and that no worker has started."""
+        rt = self.rt
+        try:
             with self.lock:
-                keys = [k for k, c in self.held.items() if c.job_id in cancelled]
-            taken = withdraw(keys)
-            if taken:
-                with self.lock:
-                    # cancelled, or taken over meanwhile: not ours either way
-                    items = [(k, self.held.pop(k).fence) for k in sorted(taken) if k in self.held]
-                store.submit(partial(self._cancel, items))
-                log.info(
-                    "dropped %d unstarted requests of cancelled jobs %s",
-                    len(taken),
-                    sorted(cancelled),
-                    extra={"worker_id": rt.worker_id, "job_ids": sorted(cancelled)},
+                jobs = sorted({c.job_id for c in self.held.values()})
+            since = rt.claimed_at if self.share and rt.settings.claim_order == "fair" else None
+            with rt.sessions.begin() as session:
+                cancelled = cancelling_jobs(session, jobs)
+                newcomer = (
+                    None if since is None else unstarted_job(session, model=rt.model, since=since)
                 )
-        if newcomer is None:
-            self.share = since is not None
-            return
-        self.share = False
+            self.news = (cancelled, newcomer, since is not None)
+        finally:
+            self.looking = False
+
+    def _drop_cancelled(
+        self, withdraw: Callable[[Iterable[str]], set[str]], cancelled: set[str]
+    ) -> None:
+        assert self.store is not None
         with self.lock:
-            keys = list(self.held)
-        taken = withdraw(keys)
-        if taken:
-            log.info(
-                "job %s is waiting: %d unstarted claims go back for a fair pick",
-                newcomer,
-                len(taken),
-                extra={"worker_id": rt.worker_id, "job_id": newcomer},
-            )
-            with self.lock:
-                back = [self.held.pop(key) for key in sorted(taken) if key in self.held]
-            store.submit(partial(_release, rt, back))
+            ahead = {c.request_id for c in self.ahead if c.job_id in cancelled}
+            self.ahead = [c for c in self.ahead if c.request_id not in ahead]
+            keys = [k for k, c in self.held.items() if c.job_id in cancelled and k not in ahead]
+        taken = withdraw(keys) | ahead
+        if not taken:
+            return
+        with self.lock:
+            # cancelled, or taken over meanwhile: not ours either way
+            items = [(k, self.held.pop(k).fence) for k in sorted(taken) if k in self.held]
+        self.store.submit(partial(self._cancel, items))
+        log.info(
+            "dropped %d unstarted requests of cancelled jobs %s",
+            len(taken),
+            sorted(cancelled),
+            extra={"worker_id": self.rt.worker_id, "job_ids": sorted(cancelled)},
+        )
+
+    def _give_back(self, withdraw: Callable[[Iterable[str]], set[str]], newcomer: str) -> None:
+        assert self.store is not None
+        with self.lock:
+            ahead = {c.request_id for c in self.ahead}  # held, not in the engine yet
+            self.ahead = []
+            keys = [k for k in self.held if k not in ahead]
+        taken = withdraw(keys) | ahead
+        log.info(
+            "job %s is waiting: %d unstarted claims go back for a fair pick",
+            newcomer,
+            len(taken),
+            extra={"worker_id": self.rt.worker_id, "job_id": newcomer},
+        )
+        with self.lock:
+            back = [self.held.pop(key) for key in sorted(taken) if key in self.held]
+        self.store.submit(partial(_release, self.rt, back))
 
     def _cancel(self, items: list[tuple[str, int]]) -> None:
         with self.rt.sessions.begin() as session:
