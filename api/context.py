@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.reads import InlineReader
+from api.reads import InlineReader, SharedReads
 from genq.auth import KeyUse
 from genq.producer import Publisher
 from genq.settings import Settings
@@ -31,6 +31,8 @@ class Context:
     """Jobs read lately, by tenant and id: what polls of one job are answered from."""
     standings: TtlCache[str, dict[str, Standing]] = field(init=False)
     """Where each open job of a model stands (its share of the next window), by model."""
+    shared: SharedReads = field(init=False)
+    """The cached reads running now, which polls arriving meanwhile share."""
     engine: Engine = field(init=False)
     """The sessions' engine, for reads that skip a session: see :func:`api.deps.run_read`."""
     inline: InlineReader | None = field(init=False)
@@ -45,6 +47,7 @@ class Context:
         # At least a second: a fair pick over every open job of a model is not a poll's read.
         ttl = max(1.0, self.settings.job_cache_seconds)
         object.__setattr__(self, "standings", TtlCache(ttl))
+        object.__setattr__(self, "shared", SharedReads())
         bind = self.sessions.kw.get("bind")
         if not isinstance(bind, Engine):
             raise TypeError("the context's sessions must be bound to an engine")

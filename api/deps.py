@@ -79,12 +79,22 @@ async def cached_read(
     keep: Callable[[V, V], bool] = lambda _held, _read: False,
 ) -> V:
     """The value ``cache`` holds for ``key``, or else ``query`` read by :func:`run_read` and
-    put in ``cache`` (unless ``keep(held, read)`` says what it holds by then is to stay)."""
+    put in ``cache`` (unless ``keep(held, read)`` says what it holds by then is to stay).
+    Callers that miss together share one read (:class:`api.reads.SharedReads`); with a cache
+    that remembers nothing (ttl 0), every caller reads for itself, as on SQLite, where a read
+    runs on the event loop without a pause that another caller could join."""
     value = cache.get(key)
-    if value is None:
-        value = await run_read(context, query)
-        cache.put_unless(key, value, keep)
-    return value
+    if value is not None:
+        return value
+
+    async def read() -> V:
+        found = await run_read(context, query)
+        cache.put_unless(key, found, keep)
+        return found
+
+    if cache.ttl <= 0 or context.inline is not None:
+        return await read()
+    return await context.shared.read((id(cache), key), read)
 
 
 async def get_tenant(

@@ -3,10 +3,12 @@ connection, or, for SQLite, on a connection held for reads on the event loop."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import weakref
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Hashable
+from functools import partial
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
@@ -69,3 +71,32 @@ class InlineReader:
             self._close()
         self._connection = None
         self._close = None
+
+
+class SharedReads:
+    """Reads by key that callers arriving together share: the first runs it as a task of its
+    own, and the others, until it ends, await that task instead of reading again. When a cached
+    value expires, the many clients polling it cost one read, not one each at the same moment
+    (which would queue them all behind the pool's connections).
+
+    A caller that goes away (its client disconnected) does not cancel the read for the others.
+    Reads are kept per event loop: a task belongs to the loop it runs on."""
+
+    def __init__(self) -> None:
+        self._running: dict[tuple[int, Hashable], asyncio.Task[Any]] = {}
+
+    async def read(self, key: Hashable, run: Callable[[], Awaitable[T]]) -> T:
+        slot = (id(asyncio.get_running_loop()), key)
+        task = self._running.get(slot)
+        if task is None:
+            task = asyncio.ensure_future(run())
+            self._running[slot] = task
+            task.add_done_callback(partial(self._ended, slot))
+        result: T = await asyncio.shield(task)
+        return result
+
+    def _ended(self, slot: tuple[int, Hashable], task: asyncio.Task[Any]) -> None:
+        if self._running.get(slot) is task:
+            del self._running[slot]
+        if not task.cancelled():
+            task.exception()  # retrieved: where every caller went away, nobody else will

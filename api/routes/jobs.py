@@ -8,13 +8,14 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
-from api.deps import ContextDep, SessionDep, TenantDep, cached_read
+from api.deps import ContextDep, SessionDep, TenantDep, cached_read, run_read
 from api.jsonbody import CheckedJsonRoute
 from api.openapi import non_json
 from genq import service
 from genq.intake import JobCreate
 from genq.intake.jsontext import INT_LIMIT
-from genq.store import JobStatus, cancel_job, get_job
+from genq.store import JobInfo, JobStatus, ResultRow, cancel_job, get_job
+from genq.store.db import Reader
 from genq.store.shares import standings
 from genq.store.views import finished_prefix, list_jobs
 
@@ -77,7 +78,7 @@ async def read(job_id: str, tenant: TenantDep, context: ContextDep) -> dict[str,
     response_model=None,
     responses=non_json("application/jsonl", "With format=jsonl: every finished result"),
 )
-def results(
+async def results(
     job_id: str,
     tenant: TenantDep,
     context: ContextDep,
@@ -88,14 +89,15 @@ def results(
     """``json``: a page of finished results in input order after position ``after`` (up to the
     first one still running); ``next`` is the cursor for the next page. ``jsonl``: every
     finished result, streamed in input order."""
-    with context.sessions.begin() as session:
-        job = get_job(session, tenant=tenant, job_id=job_id)
-        if format == "json":
-            rows = finished_prefix(session, job_id=job_id, after_idx=after, limit=limit)
+    # Clients poll this route too: async, its reads on a bare connection (run_read).
     if format == "jsonl":
+        job = await run_read(context, partial(get_job, tenant=tenant, job_id=job_id))
         rows_of = service.all_results(context.sessions, job_id=job_id)
         lines = service.jsonl_lines(rows_of, job_params=job.params)
         return StreamingResponse(lines, media_type="application/jsonl")
+    job, rows = await run_read(
+        context, partial(_page, tenant=tenant, job_id=job_id, after=after, limit=limit)
+    )
     nxt = rows[-1].idx if rows else after
     more = not job.status.is_terminal or len(rows) == limit
     return {
@@ -105,6 +107,15 @@ def results(
         "next": nxt,
         "has_more": more and (len(rows) == limit or nxt + 1 < job.total),
     }
+
+
+def _page(
+    reader: Reader, *, tenant: str, job_id: str, after: int, limit: int
+) -> tuple[JobInfo, list[ResultRow]]:
+    """The job (checking the tenant), then its finished results after ``after``. Read in this
+    order, a later statement can only find the job further on, never behind the first."""
+    job = get_job(reader, tenant=tenant, job_id=job_id)
+    return job, finished_prefix(reader, job_id=job_id, after_idx=after, limit=limit)
 
 
 @router.post("/{job_id}/cancel")

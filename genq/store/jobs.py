@@ -218,10 +218,11 @@ def cancel_job(
 
 
 def list_results(
-    session: Session, *, job_id: str, after_idx: int = -1, limit: int = DEFAULT_PAGE
+    session: Reader, *, job_id: str, after_idx: int = -1, limit: int = DEFAULT_PAGE
 ) -> list[ResultRow]:
     """Finished requests of a job (succeeded, failed or cancelled) in input order, from
-    position ``after_idx + 1`` on. Callers check the tenant with :func:`get_job` first."""
+    position ``after_idx + 1`` on. Callers check the tenant with :func:`get_job` first. Plain
+    columns, no ORM entities: it runs on a bare connection as well as in a session."""
     after_idx = min(after_idx, MAX_IDX)
     terminal = [s for s in RequestStatus if s.is_terminal]
     rows = session.execute(
@@ -233,7 +234,9 @@ def list_results(
             Request.error,
             Request.params,
             (Request.prompt == REFUSED_PROMPT).label("refused"),
-            Result,
+            Result.choices,
+            Result.prompt_tokens,
+            Result.completion_tokens,
         )
         .outerjoin(Result, Result.request_id == Request.id)
         .where(Request.job_id == job_id, Request.idx > after_idx, Request.status.in_(terminal))
@@ -246,10 +249,10 @@ def list_results(
             idx=row.idx,
             custom_id=row.custom_id,
             status=row.status,
-            choices=tuple(Choice(**c) for c in row.Result.choices) if row.Result else (),
+            choices=tuple(Choice(**c) for c in row.choices) if row.choices else (),
             error=row.error,
-            prompt_tokens=row.Result.prompt_tokens if row.Result else 0,
-            completion_tokens=row.Result.completion_tokens if row.Result else 0,
+            prompt_tokens=row.prompt_tokens or 0,
+            completion_tokens=row.completion_tokens or 0,
             params=row.params,
             refused=bool(row.refused),
         )

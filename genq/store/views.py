@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
+from genq.store.db import Reader
 from genq.store.jobs import get_job, list_results
 from genq.store.records import JobInfo, ResultRow
 from genq.store.status import JobStatus, RequestStatus
@@ -44,7 +45,7 @@ def list_jobs(
 
 
 def finished_prefix(
-    session: Session, *, job_id: str, after_idx: int = -1, limit: int = 1000
+    session: Reader, *, job_id: str, after_idx: int = -1, limit: int = 1000
 ) -> list[ResultRow]:
     """Finished results in input order from ``after_idx + 1``, up to the first request still
     open: a client paging with the last idx as its cursor sees every result exactly once, even

@@ -1,0 +1,325 @@
+"""API benchmark on PostgreSQL: `genq api --workers N` answering many keep-alive pollers, with
+no worker running. Numbers, not pass/fail:
+
+    .venv/bin/python bench/pollers.py [--workers 1,2] [--pollers 200] [--seconds 20]
+                                      [--jobs 20] [--requests 200] [--rounds 1] [--baseline REV]
+
+It starts its own PostgreSQL and redis-server on 127.0.0.1 (as the integration tests do),
+submits ``--jobs`` jobs of ``--requests`` requests through the API and finishes the first half
+of each job's requests in the store (so that results pages have rows and jobs stay running).
+Then, for each API process count, a fresh `genq api` serves two workloads in turn, each for
+``--seconds`` seconds after every poller's connection is open:
+
+- ``job``: every poller polls GET /v1/jobs/{id} back to back, the pollers spread over the jobs;
+- ``job+results``: every poller alternates GET /v1/jobs/{id} and its first results page
+  (GET /v1/jobs/{id}/results?limit=``--page``).
+
+It prints polls/s, the median, p99 and max latency, and the CPU the API processes and
+PostgreSQL spent per poll. The pollers run in this process, on plain HTTP/1.1 over asyncio
+streams, and share the CPUs with the service they measure. With ``--baseline REV`` the API of
+git revision REV runs beside this tree's, in alternating order, on the same database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.dispatch import PgCpu, _stat  # noqa: E402
+from bench.service import _free_port, _summary  # noqa: E402
+from genq.auth import create_key  # noqa: E402
+from genq.store import make_engine, session_factory, upgrade  # noqa: E402
+from genq.store.claims import claim, complete_many  # noqa: E402
+from genq.store.records import Outcome  # noqa: E402
+from worker.types import Choice  # noqa: E402
+
+MODEL = "tiny-gpt2"
+START_TIMEOUT_S = 60.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", default="1,2", help="API process counts, comma-separated")
+    parser.add_argument("--pollers", type=int, default=200)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--jobs", type=int, default=20)
+    parser.add_argument("--requests", type=int, default=200, help="requests per job")
+    parser.add_argument("--page", type=int, default=100, help="results page size")
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--baseline", metavar="REV", help="also run the API of revision REV")
+    args = parser.parse_args()
+
+    from tests.conftest import running_pg_server
+    from tests.integration.cluster import RedisServer
+
+    counts = [int(n) for n in args.workers.split(",")]
+    rows: list[tuple[str, int, str, dict[str, float]]] = []
+    with tempfile.TemporaryDirectory(prefix="genq-pollers-") as tmp, running_pg_server() as pg:
+        workdir = Path(tmp)
+        redis = RedisServer(workdir)
+        redis.start()
+        codes = {"this tree": REPO}
+        if args.baseline:
+            tree = workdir / "baseline"
+            subprocess.run(
+                ["git", "worktree", "add", "--detach", str(tree), args.baseline],
+                cwd=REPO,
+                check=True,
+                capture_output=True,
+            )
+            codes[f"baseline {args.baseline}"] = tree
+        try:
+            with pg.admin() as conn:
+                conn.execute('CREATE DATABASE "bench_pollers"')
+            url = pg.url("bench_pollers")
+            upgrade(url)
+            env = {
+                **os.environ,
+                "GENQ_DATABASE_URL": url,
+                "GENQ_REDIS_URL": redis.url,
+                "GENQ_LOG_LEVEL": "WARNING",
+            }
+            key = _key(url)
+            job_ids = _prepare(REPO, env, key, args)
+            cpu = PgCpu(pg)
+            for n in range(args.rounds):
+                names = list(codes) if n % 2 == 0 else list(codes)[::-1]
+                for name in names:
+                    for workers in counts:
+                        for workload in ("job", "job+results"):
+                            found = _measure(
+                                codes[name], env, key, job_ids, workers, workload, cpu, args
+                            )
+                            rows.append((name, workers, workload, found))
+        finally:
+            redis.stop()
+            if args.baseline:
+                subprocess.run(
+                    ["git", "worktree", "remove", "--force", str(workdir / "baseline")],
+                    cwd=REPO,
+                    check=False,
+                    capture_output=True,
+                )
+
+    print(
+        f"{os.cpu_count()} CPUs; {args.pollers} keep-alive pollers back to back for "
+        f"{args.seconds:g} s, {args.jobs} jobs of {args.requests} requests (half finished), "
+        f"PostgreSQL, no worker running"
+    )
+    print(
+        "| API code | processes | workload | polls/s | median ms | p99 ms | max ms | "
+        "API CPU ms/poll | PG CPU ms/poll |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, workers, workload, f in rows:
+        print(
+            f"| {name} | {workers} | {workload} | {f['rate']:.0f} | {f['p50']:.1f} | "
+            f"{f['p99']:.1f} | {f['max']:.1f} | {f['api_cpu']:.2f} | {f['pg_cpu']:.2f} |"
+        )
+
+
+def _key(url: str) -> str:
+    sessions = session_factory(make_engine(url))
+    with sessions.begin() as session:
+        return create_key(session, tenant="bench", name="bench pollers")
+
+
+def _prepare(code: Path, env: dict[str, str], key: str, args: argparse.Namespace) -> list[str]:
+    """The jobs, submitted through an API of this tree, each half finished in the store."""
+    headers = {"Authorization": f"Bearer {key}"}
+    job_ids = []
+    with (
+        _api(code, env, workers=1) as (base, _child),
+        httpx.Client(base_url=base, headers=headers, timeout=120) as client,
+    ):
+        for j in range(args.jobs):
+            body = {
+                "model": MODEL,
+                "requests": [
+                    {"custom_id": f"j{j}-r{i}", "prompt": f"Prompt {i} of job {j}: the river"}
+                    for i in range(args.requests)
+                ],
+                "params": {"max_new_tokens": 16},
+            }
+            answer = client.post("/v1/jobs", json=body)
+            answer.raise_for_status()
+            job_ids.append(answer.json()["id"])
+    sessions = session_factory(make_engine(env["GENQ_DATABASE_URL"]))
+    half = args.requests // 2
+    for job_id in job_ids:
+        with sessions.begin() as session:
+            claims = claim(
+                session,
+                worker_id="bench",
+                model=MODEL,
+                lease_seconds=3600,
+                job_id=job_id,
+                limit=half,
+                order="oldest",
+            )
+        text = "a reply of a few words, as a short completion would be"
+        outcome = Outcome(choices=(Choice(text, "length", 16),), prompt_tokens=12)
+        with sessions.begin() as session:
+            complete_many(session, items=[(c.request_id, c.fence, outcome) for c in claims])
+    return job_ids
+
+
+@contextlib.contextmanager
+def _api(code: Path, env: dict[str, str], *, workers: int):  # type: ignore[no-untyped-def]
+    """`genq api --workers N` of the tree at ``code``, answering; yields its base URL."""
+    port = _free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "genq",
+        "api",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+    ]
+    child = subprocess.Popen(
+        command,
+        cwd=code,
+        env={**env, "PYTHONPATH": str(code)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{base}/healthz").status_code == 200:
+                    break
+            if time.monotonic() > deadline or child.poll() is not None:
+                raise SystemExit(f"genq api ({code}) did not come up")
+            time.sleep(0.2)
+        yield base, child
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGTERM)
+        try:
+            child.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+
+
+def _measure(
+    code: Path,
+    env: dict[str, str],
+    key: str,
+    job_ids: list[str],
+    workers: int,
+    workload: str,
+    cpu: PgCpu,
+    args: argparse.Namespace,
+) -> dict[str, float]:
+    with _api(code, env, workers=workers) as (base, child):
+        paths = []
+        for n in range(args.pollers):
+            job_id = job_ids[n % len(job_ids)]
+            cycle = [f"/v1/jobs/{job_id}"]
+            if workload == "job+results":
+                cycle.append(f"/v1/jobs/{job_id}/results?limit={args.page}")
+            paths.append(cycle)
+        latencies, seconds, api_cpu, pg_cpu = asyncio.run(
+            _poll_for(base, key, paths, args.seconds, child.pid, cpu)
+        )
+    ordered = sorted(latencies)
+    p99 = ordered[max(0, round(len(ordered) * 0.99) - 1)]
+    print(f"{code.name} {workers} {workload}: {_summary(ordered)}", flush=True)
+    return {
+        "rate": len(ordered) / seconds,
+        "p50": ordered[len(ordered) // 2] * 1000,
+        "p99": p99 * 1000,
+        "max": ordered[-1] * 1000,
+        "api_cpu": api_cpu * 1000 / len(ordered),
+        "pg_cpu": pg_cpu * 1000 / len(ordered),
+    }
+
+
+async def _poll_for(
+    base: str, key: str, paths: list[list[str]], seconds: float, api_pid: int, cpu: PgCpu
+) -> tuple[list[float], float, float, float]:
+    """Every poller's latencies inside the window (after all are connected and warm), the
+    window's length, and the CPU seconds the API processes and PostgreSQL spent in it."""
+    url = httpx.URL(base)
+    opened = [await _connect(url, key, cycle) for cycle in paths]
+    for poller in opened:  # one poll each: imports, caches and connections warm
+        await _poll(*poller, 0)
+    latencies: list[float] = []
+    start = time.perf_counter()
+    api_before, pg_before = _tree_cpu(api_pid), cpu.seconds()
+    stop = start + seconds
+
+    async def run(poller: tuple[asyncio.StreamReader, asyncio.StreamWriter, list[bytes]]) -> None:
+        n = 0
+        while time.perf_counter() < stop:
+            latencies.append(await _poll(*poller, n))
+            n += 1
+
+    await asyncio.gather(*(run(p) for p in opened))
+    window = time.perf_counter() - start
+    api_cpu, pg_cpu = _tree_cpu(api_pid) - api_before, cpu.seconds() - pg_before
+    for _reader, writer, _requests in opened:
+        writer.close()
+    return latencies, window, api_cpu, pg_cpu
+
+
+async def _connect(
+    url: httpx.URL, key: str, cycle: list[str]
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, list[bytes]]:
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    requests = [
+        f"GET {path} HTTP/1.1\r\nHost: {url.host}\r\nAuthorization: Bearer {key}\r\n\r\n".encode()
+        for path in cycle
+    ]
+    return reader, writer, requests
+
+
+async def _poll(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, requests: list[bytes], n: int
+) -> float:
+    sent = time.perf_counter()
+    writer.write(requests[n % len(requests)])
+    head = await reader.readuntil(b"\r\n\r\n")
+    fields = (line.partition(b":") for line in head.split(b"\r\n")[1:])
+    length = next(int(v) for k, _, v in fields if k.lower() == b"content-length")
+    body = await reader.readexactly(length)
+    if not head.startswith(b"HTTP/1.1 200 "):
+        raise RuntimeError(f"poll answered {head.splitlines()[0]!r}: {body[:200]!r}")
+    return time.perf_counter() - sent
+
+
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds of process ``pid`` and its live children (uvicorn's API processes)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    fields = _stat(pid)
+    total = sum(int(f) for f in fields[11:15])
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        for child in children.read_text().split():
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                total += sum(int(f) for f in _stat(int(child))[11:13])
+    return total / tick
+
+
+if __name__ == "__main__":
+    main()
