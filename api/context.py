@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.reads import InlineReader, SharedReads
+from api.reads import InlineReader, LoopReads, SharedReads
 from genq.auth import KeyUse
 from genq.producer import Publisher
 from genq.settings import Settings
@@ -34,7 +34,13 @@ class Context:
     shared: SharedReads = field(init=False)
     """The cached reads running now, which polls arriving meanwhile share."""
     engine: Engine = field(init=False)
-    """The sessions' engine, for reads that skip a session: see :func:`api.deps.run_read`."""
+    """The sessions' engine."""
+    reads: Engine = field(init=False)
+    """The same engine and pool in autocommit mode, for the short reads that skip a session:
+    see :func:`api.deps.run_read`."""
+    loop_reads: LoopReads | None = field(init=False)
+    """For a networked database, the reads on the serving event loop: see
+    :func:`api.deps.run_read`."""
     inline: InlineReader | None = field(init=False)
     """For SQLite, a file in this process, the reader that runs short reads right on the event
     loop: see :func:`api.deps.run_read`."""
@@ -52,8 +58,12 @@ class Context:
         if not isinstance(bind, Engine):
             raise TypeError("the context's sessions must be bound to an engine")
         object.__setattr__(self, "engine", bind)
+        object.__setattr__(self, "reads", bind.execution_options(isolation_level="AUTOCOMMIT"))
         sqlite = bind.dialect.name == "sqlite"
         object.__setattr__(self, "inline", InlineReader(bind) if sqlite else None)
+        connections = self.settings.api_db_connections
+        loop_reads = None if sqlite else LoopReads(bind.url, connections=connections)
+        object.__setattr__(self, "loop_reads", loop_reads)
 
 
 def build_context(settings: Settings, *, distributed: bool) -> Context:
@@ -65,4 +75,15 @@ def build_context(settings: Settings, *, distributed: bool) -> Context:
         from worker.celery_app import make_celery  # configuration only: no torch
 
         publisher = CeleryPublisher(make_celery(settings))
-    return Context(settings, session_factory(make_engine(settings.database_url)), publisher)
+    engine = make_engine(settings.database_url, **pool_options(settings))
+    return Context(settings, session_factory(engine), publisher)
+
+
+def pool_options(settings: Settings) -> dict[str, int]:
+    """For a networked database, a pool of ``api_db_connections`` kept open and no more: a
+    connection opened past the pool's size would be closed again as soon as it came back, so
+    that under many clients each read would pay for a new one, and several API processes
+    could exhaust the server's connections."""
+    if make_url(settings.database_url).get_backend_name() == "sqlite":
+        return {}
+    return {"pool_size": settings.api_db_connections, "max_overflow": 0}

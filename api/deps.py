@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from api.context import Context
-from api.reads import in_transaction
+from api.reads import autocommitted
 from genq.auth import bearer_key, hash_key, tenant_of
 from genq.settings import Settings
 from genq.ttlcache import TtlCache
@@ -59,15 +59,20 @@ SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 async def run_read(context: Context, query: Callable[[Connection], T]) -> T:
-    """``query(connection)``, one statement, on a bare connection: a session's bookkeeping would
-    cost more than the read. On SQLite it runs right on the event loop (see
+    """``query(connection)`` on a bare connection in autocommit mode: a session's bookkeeping,
+    and BEGIN and COMMIT, would cost more than the read. Each statement sees the last commit, so
+    a query of several statements reads first what later ones can only find further on (a job,
+    then its results). On SQLite it runs right on the event loop (see
     :class:`api.reads.InlineReader`): the database is a file in this process, a read by key
     takes a fraction of a millisecond and, in WAL mode, never waits for a writer, so the thread
-    pool would cost more than the read. A networked database can stall, so there the read goes
-    to the thread pool, in a transaction of its own."""
+    pool would cost more than the read. A networked database is read through its async driver
+    on the loop that serves the app (:class:`api.reads.LoopReads`), or else in the thread
+    pool."""
     if context.inline is not None:
         return context.inline.read(query)
-    return await run_in_threadpool(in_transaction, context.engine, query)
+    if context.loop_reads is not None and context.loop_reads.serving():
+        return await context.loop_reads.read(query)
+    return await run_in_threadpool(autocommitted, context.reads, query)
 
 
 async def cached_read(
@@ -80,21 +85,21 @@ async def cached_read(
 ) -> V:
     """The value ``cache`` holds for ``key``, or else ``query`` read by :func:`run_read` and
     put in ``cache`` (unless ``keep(held, read)`` says what it holds by then is to stay).
-    Callers that miss together share one read (:class:`api.reads.SharedReads`); with a cache
-    that remembers nothing (ttl 0), every caller reads for itself, as on SQLite, where a read
-    runs on the event loop without a pause that another caller could join."""
-    value = cache.get(key)
-    if value is not None:
-        return value
+
+    On a networked database the reads are shared and run ahead of time
+    (:meth:`api.reads.SharedReads.cached`). On SQLite a read runs on the event loop without a
+    pause that another caller could join, and with a cache that remembers nothing (ttl 0)
+    every caller reads for itself."""
 
     async def read() -> V:
         found = await run_read(context, query)
         cache.put_unless(key, found, keep)
         return found
 
-    if cache.ttl <= 0 or context.inline is not None:
-        return await read()
-    return await context.shared.read((id(cache), key), read)
+    if context.inline is None and cache.ttl > 0:
+        return await context.shared.cached(cache, key, read)
+    value = cache.get(key)
+    return value if value is not None else await read()
 
 
 async def get_tenant(

@@ -68,10 +68,17 @@ DEFAULT_KEY_CACHE_SECONDS = 5.0
 """How long an API process trusts an API key it has checked before checking it again: a revoked
 key keeps working for up to this long. 0 checks the key on every request."""
 
-DEFAULT_JOB_CACHE_SECONDS = 0.25
+DEFAULT_API_DB_CONNECTIONS = 10
+"""Connections to a networked database (PostgreSQL) each API process keeps, and the most it
+opens: ``genq api --workers N`` holds N times this many. A route that finds them all busy waits
+for one (a 503 after 30 s)."""
+
+DEFAULT_JOB_CACHE_SECONDS = 1.0
 """How long an API process answers ``GET /v1/jobs/{id}`` from the job as it last read it: many
-clients polling one job cost one database read per this long. A cancel through the same process
-shows at once. 0 reads the database on every poll."""
+clients polling one job cost one database read per this long, and on PostgreSQL the read runs
+ahead, so that a poll never waits for it (what a poll gets is then at most twice this old; see
+``api.reads.SharedReads``). A cancel through the same process shows at once. 0 reads the
+database on every poll."""
 
 
 def _default_database_url() -> str:
@@ -112,6 +119,7 @@ class Settings(BaseSettings):
     max_prompt_chars: int = Field(default=DEFAULT_MAX_PROMPT_CHARS, ge=1)
     key_cache_seconds: float = Field(default=DEFAULT_KEY_CACHE_SECONDS, ge=0)
     job_cache_seconds: float = Field(default=DEFAULT_JOB_CACHE_SECONDS, ge=0)
+    api_db_connections: int = Field(default=DEFAULT_API_DB_CONNECTIONS, ge=1)
     # Fair sharing (genq.fairshare): a tenant's weight against the others, and how much it may
     # have accepted and not finished, in requests and in estimated tokens (prompt plus
     # max_new_tokens, times return sequences); unset is no limit. `genq tenants set` overrides

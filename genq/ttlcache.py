@@ -24,10 +24,14 @@ class TtlCache(Generic[K, V]):
         self._lock = threading.Lock()
 
     def get(self, key: K) -> V | None:
+        found = self.lookup(key)
+        return None if found is None or found[1] <= 0 else found[0]
+
+    def lookup(self, key: K) -> tuple[V, float] | None:
+        """The value last put for ``key`` and the seconds it has left, below 0 once expired
+        (kept until replaced, or until a full cache starts again)."""
         entry = self._entries.get(key)
-        if entry is None or entry[1] <= self.clock():
-            return None
-        return entry[0]
+        return None if entry is None else (entry[0], entry[1] - self.clock())
 
     def put(self, key: K, value: V) -> None:
         if self.ttl <= 0:
