@@ -58,7 +58,9 @@ def get_session(sessions: SessionsDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
-async def run_read(context: Context, query: Callable[[Connection], T]) -> T:
+async def run_read(
+    context: Context, query: Callable[[Connection], T], *, on_loop: bool = True
+) -> T:
     """``query(connection)`` on a bare connection in autocommit mode: a session's bookkeeping,
     and BEGIN and COMMIT, would cost more than the read. Each statement sees the last commit, so
     a query of several statements reads first what later ones can only find further on (a job,
@@ -67,10 +69,12 @@ async def run_read(context: Context, query: Callable[[Connection], T]) -> T:
     takes a fraction of a millisecond and, in WAL mode, never waits for a writer, so the thread
     pool would cost more than the read. A networked database is read through its async driver
     on the loop that serves the app (:class:`api.reads.LoopReads`), or else in the thread
-    pool."""
+    pool. A query of several statements that returns many rows goes to the thread pool
+    (``on_loop=False``): on a loop busy with many clients each statement's wait costs a turn
+    of the loop, so that the read would hold its connection for several."""
     if context.inline is not None:
         return context.inline.read(query)
-    if context.loop_reads is not None and context.loop_reads.serving():
+    if on_loop and context.loop_reads is not None and context.loop_reads.serving():
         return await context.loop_reads.read(query)
     return await run_in_threadpool(autocommitted, context.reads, query)
 

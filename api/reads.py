@@ -129,6 +129,12 @@ class SharedReads:
         result: V = await asyncio.shield(self._start(slot, read))
         return result
 
+    async def share(self, key: Hashable, read: Callable[[], Awaitable[T]]) -> T:
+        """The result of the read of ``key`` running now, or else of ``read()``, started now:
+        what a caller gets was read after it arrived or, at most, by a read already running."""
+        result: T = await asyncio.shield(self._start(("shared", key), read))
+        return result
+
     def _runs(self, slot: Hashable) -> bool:
         return (id(asyncio.get_running_loop()), slot) in self._running
 

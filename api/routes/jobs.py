@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from functools import partial
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
+from api.context import Context
 from api.deps import ContextDep, SessionDep, TenantDep, cached_read, run_read
 from api.jsonbody import CheckedJsonRoute
 from api.openapi import non_json
@@ -85,7 +87,7 @@ async def results(
     after: Annotated[int, Query(ge=-1, lt=INT_LIMIT)] = -1,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
     format: Literal["json", "jsonl"] = "json",
-) -> JSONResponse | StreamingResponse:
+) -> Response:
     """``json``: a page of finished results in input order after position ``after`` (up to the
     first one still running); ``next`` is the cursor for the next page. ``jsonl``: every
     finished result, streamed in input order."""
@@ -95,22 +97,34 @@ async def results(
         rows_of = service.all_results(context.sessions, job_id=job_id)
         lines = service.jsonl_lines(rows_of, job_params=job.params)
         return StreamingResponse(lines, media_type="application/jsonl")
-    job, rows = await run_read(
-        context, partial(_page, tenant=tenant, job_id=job_id, after=after, limit=limit)
+    # Clients that poll the same page at the same time share one read of it, and its JSON.
+    body = await context.shared.share(
+        ("results", tenant, job_id, after, limit),
+        partial(_results_page, context, tenant=tenant, job_id=job_id, after=after, limit=limit),
     )
+    return Response(body, media_type="application/json")
+
+
+async def _results_page(
+    context: Context, *, tenant: str, job_id: str, after: int, limit: int
+) -> bytes:
+    page = partial(_page, tenant=tenant, job_id=job_id, after=after, limit=limit)
+    job, rows = await run_read(context, page, on_loop=False)
     nxt = rows[-1].idx if rows else after
     more = not job.status.is_terminal or len(rows) == limit
     # Rendered here: FastAPI would walk a returned dict with jsonable_encoder first, which
     # costs more than reading the page.
-    return JSONResponse(
+    return json.dumps(
         {
             "object": "list",
             "job_status": str(job.status),
             "data": [service.result_public(r, job_params=job.params) for r in rows],
             "next": nxt,
             "has_more": more and (len(rows) == limit or nxt + 1 < job.total),
-        }
-    )
+        },
+        ensure_ascii=False,
+        separators=(",", ":"),
+    ).encode()
 
 
 def _page(
