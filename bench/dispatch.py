@@ -27,7 +27,6 @@ import argparse
 import contextlib
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -250,6 +249,7 @@ def main() -> None:
         serve(args.serve)
         return
 
+    from bench import worktree
     from tests.conftest import running_pg_server
     from tests.integration.cluster import Cluster, RedisServer
     from worker.service import model_engine
@@ -271,13 +271,7 @@ def main() -> None:
         clusters: list[Cluster] = []
         codes = {"this tree": REPO}
         if args.baseline:
-            tree = workdir / "baseline"
-            subprocess.run(
-                ["git", "worktree", "add", "--detach", str(tree), args.baseline],
-                cwd=REPO,
-                check=True,
-                capture_output=True,
-            )
+            tree = worktree.add(args.baseline, workdir / "baseline")
             codes[f"baseline {args.baseline}"] = tree
 
         def command(name: str, kind: str) -> list[str]:
@@ -353,12 +347,7 @@ def main() -> None:
                 built.close()
             redis.stop()
             if args.baseline:
-                subprocess.run(
-                    ["git", "worktree", "remove", "--force", str(workdir / "baseline")],
-                    cwd=REPO,
-                    check=False,
-                    capture_output=True,
-                )
+                worktree.remove(workdir / "baseline")
 
     print(f"{os.cpu_count()} CPUs")
     if engine is not None:

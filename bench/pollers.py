@@ -39,6 +39,7 @@ import uvloop
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench import worktree  # noqa: E402
 from bench.dispatch import PgCpu, _stat  # noqa: E402
 from bench.service import _free_port  # noqa: E402
 from genq.auth import create_key  # noqa: E402
@@ -74,13 +75,7 @@ def main() -> None:
         redis.start()
         codes = {"this tree": REPO}
         if args.baseline:
-            tree = workdir / "baseline"
-            subprocess.run(
-                ["git", "worktree", "add", "--detach", str(tree), args.baseline],
-                cwd=REPO,
-                check=True,
-                capture_output=True,
-            )
+            tree = worktree.add(args.baseline, workdir / "baseline")
             codes[f"baseline {args.baseline}"] = tree
         try:
             with pg.admin() as conn:
@@ -108,12 +103,7 @@ def main() -> None:
         finally:
             redis.stop()
             if args.baseline:
-                subprocess.run(
-                    ["git", "worktree", "remove", "--force", str(workdir / "baseline")],
-                    cwd=REPO,
-                    check=False,
-                    capture_output=True,
-                )
+                worktree.remove(workdir / "baseline")
 
     print(
         f"{os.cpu_count()} CPUs; {args.pollers} keep-alive pollers back to back for "

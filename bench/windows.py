@@ -106,16 +106,13 @@ def main() -> None:
     if args.once:
         run_once(args)
         return
+    sys.path.insert(0, str(REPO))  # this tree's bench, whichever code --code named
+    from bench import worktree
+
     with tempfile.TemporaryDirectory(prefix="genq-windows-") as tmp:
         codes = {"this tree": REPO}
         if args.baseline:
-            tree = Path(tmp) / "baseline"
-            subprocess.run(
-                ["git", "worktree", "add", "--detach", str(tree), args.baseline],
-                cwd=REPO,
-                check=True,
-                capture_output=True,
-            )
+            tree = worktree.add(args.baseline, Path(tmp) / "baseline")
             codes[f"baseline {args.baseline}"] = tree
         found: dict[str, list[dict[str, float | str]]] = {}
         try:
@@ -138,12 +135,7 @@ def main() -> None:
                     found.setdefault(name, []).append(json.loads(out.stdout.splitlines()[-1]))
         finally:
             if args.baseline:
-                subprocess.run(
-                    ["git", "worktree", "remove", "--force", str(Path(tmp) / "baseline")],
-                    cwd=REPO,
-                    check=False,
-                    capture_output=True,
-                )
+                worktree.remove(Path(tmp) / "baseline")
     print(
         f"{os.cpu_count()} CPUs, {args.model}, {args.count} prompts, claim window {args.window}, "
         f"decode batch {args.max_batch_size}, max_new_tokens {args.max_new_tokens}"
