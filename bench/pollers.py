@@ -134,7 +134,7 @@ def _prepare(code: Path, env: dict[str, str], key: str, args: argparse.Namespace
     headers = {"Authorization": f"Bearer {key}"}
     job_ids = []
     with (
-        _api(code, env, workers=1) as (base, _child),
+        serve_api(code, env, workers=1) as (base, _child),
         httpx.Client(base_url=base, headers=headers, timeout=120) as client,
     ):
         for j in range(args.jobs):
@@ -170,7 +170,7 @@ def _prepare(code: Path, env: dict[str, str], key: str, args: argparse.Namespace
 
 
 @contextlib.contextmanager
-def _api(code: Path, env: dict[str, str], *, workers: int):  # type: ignore[no-untyped-def]
+def serve_api(code: Path, env: dict[str, str], *, workers: int):  # type: ignore[no-untyped-def]
     """`genq api --workers N` of the tree at ``code``, answering; yields its base URL."""
     port = _free_port()
     command = [
@@ -231,7 +231,7 @@ def _measure(
         if workload == "job+results":
             cycle.append(f"/v1/jobs/{job_id}/results?limit={args.page}")
         cycles.append(cycle)
-    with _api(code, env, workers=workers) as (base, child):
+    with serve_api(code, env, workers=workers) as (base, child):
         found, before = uvloop.run(_pollers(base, key, cycles, args, child.pid, cpu))
         api_cpu, pg_cpu = _tree_cpu(child.pid) - before[0], cpu.seconds() - before[1]
     polls = found["rate"] * args.seconds

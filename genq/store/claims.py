@@ -12,11 +12,12 @@ from dataclasses import asdict, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, and_, case, insert, or_, select, text, tuple_, update
+from sqlalchemy import ColumnElement, and_, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from genq.fairshare import pick
 from genq.settings import DEFAULT_MAX_ATTEMPTS
+from genq.store.fenced import among, chunks
 from genq.store.records import Claim, Outcome
 from genq.store.shares import backlogs, tenant_weights
 from genq.store.status import JobStatus, RequestStatus, sources
@@ -189,11 +190,12 @@ def complete_many(
     as the request's failure. An item whose request is no longer running under that fence is
     refused (False at its position) and writes nothing. Job counters and status move here too.
 
-    A constant number of statements per batch, whatever its size: one UPDATE for the
-    successes and one for the failures (each fenced, returning what it moved), one INSERT of
-    the result rows, then the jobs' counters (genq.store.tally). Write a batch through this,
-    not a loop of :func:`complete` in one transaction: requests are locked before jobs, and
-    jobs in id order, so two workers finishing requests of the same jobs cannot deadlock."""
+    A constant number of statements per batch (per 5,000 requests of it, see
+    genq.store.fenced): one UPDATE for the successes and one per distinct error for the
+    failures (each fenced, returning what it moved), one INSERT of the result rows, then the
+    jobs' counters (genq.store.tally). Write a batch through this, not a loop of
+    :func:`complete` in one transaction: requests are locked before jobs, and jobs in id order,
+    so two workers finishing requests of the same jobs cannot deadlock."""
     now = now or utcnow()
     done = [False] * len(items)
     first: dict[tuple[str, int], int] = {}
@@ -246,27 +248,25 @@ def _end_requests(
     now: datetime,
 ) -> dict[tuple[str, int], Any]:
     """Move the running requests of ``keys`` ``(request_id, fence)`` to succeeded (``ok``) or
-    failed with each one's error, in one statement; returns the moved rows by key."""
-    if not keys:
-        return {}
+    failed with each one's error: a statement per distinct error (a batch that fails usually
+    fails with one) and per :data:`genq.store.fenced.KEYS_PER_STATEMENT` keys; returns the
+    moved rows by key."""
     status = _R.SUCCEEDED if ok else _R.FAILED
-    error: Any = None
-    if not ok:
-        error = case(
-            {request_id: items[first[(request_id, fence)]][2].error for request_id, fence in keys},
-            value=Request.id,
-        )
-    rows = session.execute(
-        update(Request)
-        .where(
-            tuple_(Request.id, Request.fence).in_(list(keys)),
-            Request.status.in_(sources(_R.RUNNING, to=status)),
-        )
-        .values(status=status, error=error, lease_expires_at=None, updated_at=now)
-        .returning(Request.id, Request.fence, Request.job_id, Request.lease_owner),
-        execution_options=PLAIN,
-    ).all()
-    return {(row.id, row.fence): row for row in rows}
+    by_error: dict[str | None, list[tuple[str, int]]] = {}
+    for key in keys:
+        by_error.setdefault(None if ok else items[first[key]][2].error, []).append(key)
+    moved: dict[tuple[str, int], Any] = {}
+    for error, same in by_error.items():
+        for part in chunks(same):
+            found = session.execute(
+                update(Request)
+                .where(among(part), Request.status.in_(sources(_R.RUNNING, to=status)))
+                .values(status=status, error=error, lease_expires_at=None, updated_at=now)
+                .returning(Request.id, Request.fence, Request.job_id, Request.lease_owner),
+                execution_options=PLAIN,
+            ).all()
+            moved |= {(row.id, row.fence): row for row in found}
+    return moved
 
 
 def release(
@@ -292,29 +292,27 @@ def release_many(
     now: datetime | None = None,
 ) -> set[str]:
     """:func:`release` for many ``(request_id, fence)`` claims at once, in a constant number
-    of statements; returns the ids put back or cancelled."""
+    of statements per :data:`genq.store.fenced.KEYS_PER_STATEMENT` claims; returns the ids put
+    back or cancelled."""
     now = now or utcnow()
-    if not items:
-        return set()
-    rows = session.execute(
-        update(Request)
-        .where(
-            tuple_(Request.id, Request.fence).in_([tuple(item) for item in items]),
-            Request.status.in_(sources(_R.RUNNING, to=_R.QUEUED)),
-        )
-        .values(
-            status=_R.QUEUED,
-            attempts=Request.attempts - (1 if error is None else 0),
-            error=error if error is not None else Request.error,
-            lease_owner=None,
-            lease_expires_at=None,
-            announced_at=None,  # so the reconciler announces it again at its next pass
-            updated_at=now,
-        )
-        .returning(Request.id),
-        execution_options=PLAIN,
-    ).all()
-    released = {row.id for row in rows}
+    released: set[str] = set()
+    for part in chunks(items):
+        rows = session.execute(
+            update(Request)
+            .where(among(part), Request.status.in_(sources(_R.RUNNING, to=_R.QUEUED)))
+            .values(
+                status=_R.QUEUED,
+                attempts=Request.attempts - (1 if error is None else 0),
+                error=error if error is not None else Request.error,
+                lease_owner=None,
+                lease_expires_at=None,
+                announced_at=None,  # so the reconciler announces it again at its next pass
+                updated_at=now,
+            )
+            .returning(Request.id),
+            execution_options=PLAIN,
+        ).all()
+        released |= {row.id for row in rows}
     if not released:
         return released
     cancelling = select(Job.id).where(Job.status == JobStatus.CANCELLING)

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import ColumnElement, and_, select, tuple_, update
+from sqlalchemy import ColumnElement, and_, select, update
 from sqlalchemy.orm import Session
 
+from genq.store.fenced import among, chunks
 from genq.store.status import JobStatus, RequestStatus, sources
 from genq.store.tables import Job, Request, utcnow
 from genq.store.tally import PLAIN, Tally, apply_tallies, cancel_requests
@@ -22,11 +24,9 @@ _CANCELLING = select(Job.id).where(Job.status == JobStatus.CANCELLING)
 
 
 def _held_by(worker_id: str, held: Sequence[tuple[str, int]]) -> ColumnElement[bool]:
-    """The ``(request_id, fence)`` claims, as long as ``worker_id`` still holds them."""
-    return and_(
-        tuple_(Request.id, Request.fence).in_([tuple(item) for item in held]),
-        Request.lease_owner == worker_id,
-    )
+    """The ``(request_id, fence)`` claims (at most one statement's worth, see
+    genq.store.fenced), as long as ``worker_id`` still holds them."""
+    return and_(among(held), Request.lease_owner == worker_id)
 
 
 def renew(
@@ -44,17 +44,23 @@ def renew(
     now = now or utcnow()
     if not held:
         return set()
-    mine, cancelling = _held_by(worker_id, held), _CANCELLING
+    renewed: set[str] = set()
     # Requests before jobs, the order every store write locks in.
-    renewed = session.execute(
-        update(Request)
-        .where(mine, Request.status == _R.RUNNING, Request.job_id.not_in(cancelling))
-        .values(lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now)
-        .returning(Request.id),
-        execution_options=PLAIN,
-    ).all()
+    for part in chunks(held):
+        rows = session.execute(
+            update(Request)
+            .where(
+                _held_by(worker_id, part),
+                Request.status == _R.RUNNING,
+                Request.job_id.not_in(_CANCELLING),
+            )
+            .values(lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now)
+            .returning(Request.id),
+            execution_options=PLAIN,
+        ).all()
+        renewed |= {row.id for row in rows}
     cancel_claims(session, worker_id=worker_id, held=held, now=now)
-    return {row.id for row in renewed}
+    return renewed
 
 
 def cancel_claims(
@@ -70,15 +76,20 @@ def cancel_claims(
     now = now or utcnow()
     if not held:
         return set()
-    mine, cancelling = _held_by(worker_id, held), _CANCELLING
     (running,) = sources(_R.RUNNING, to=_R.CANCELLED)
-    dropped = session.execute(
-        update(Request)
-        .where(mine, Request.status == running, Request.job_id.in_(cancelling))
-        .values(status=_R.CANCELLED, lease_expires_at=None, updated_at=now)
-        .returning(Request.id, Request.job_id),
-        execution_options=PLAIN,
-    ).all()
+    dropped: list[Any] = []
+    for part in chunks(held):
+        dropped += session.execute(
+            update(Request)
+            .where(
+                _held_by(worker_id, part),
+                Request.status == running,
+                Request.job_id.in_(_CANCELLING),
+            )
+            .values(status=_R.CANCELLED, lease_expires_at=None, updated_at=now)
+            .returning(Request.id, Request.job_id),
+            execution_options=PLAIN,
+        ).all()
     tallies: dict[str, Tally] = {}
     for row in dropped:
         tallies.setdefault(row.job_id, Tally()).cancelled += 1
