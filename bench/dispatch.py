@@ -404,15 +404,20 @@ class PgCpu:
         self.postmaster = int(_stat(backend)[1])
 
     def seconds(self) -> float:
-        tick = os.sysconf("SC_CLK_TCK")
-        fields = _stat(self.postmaster)
-        total = sum(int(f) for f in fields[11:15])
-        for children in Path(f"/proc/{self.postmaster}/task").glob("*/children"):
-            for pid in children.read_text().split():
-                # One that exited meanwhile is counted in the postmaster's cutime once reaped.
-                with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-                    total += sum(int(f) for f in _stat(int(pid))[11:13])
-        return total / tick
+        return tree_cpu(self.postmaster)
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of process ``pid``, its reaped children's and its live children's."""
+    tick = os.sysconf("SC_CLK_TCK")
+    fields = _stat(pid)
+    total = sum(int(f) for f in fields[11:15])
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        for child in children.read_text().split():
+            # One that exited meanwhile is counted in the parent's cutime once reaped.
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                total += sum(int(f) for f in _stat(int(child))[11:13])
+    return total / tick
 
 
 def _stat(pid: int) -> list[str]:

@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench import worktree  # noqa: E402
-from bench.dispatch import PgCpu, _stat  # noqa: E402
+from bench.dispatch import PgCpu, tree_cpu  # noqa: E402
 from bench.service import _free_port  # noqa: E402
 from genq.auth import create_key  # noqa: E402
 from genq.store import make_engine, session_factory, upgrade  # noqa: E402
@@ -233,7 +233,7 @@ def _measure(
         cycles.append(cycle)
     with serve_api(code, env, workers=workers) as (base, child):
         found, before = uvloop.run(_pollers(base, key, cycles, args, child.pid, cpu))
-        api_cpu, pg_cpu = _tree_cpu(child.pid) - before[0], cpu.seconds() - before[1]
+        api_cpu, pg_cpu = tree_cpu(child.pid) - before[0], cpu.seconds() - before[1]
     polls = found["rate"] * args.seconds
     found["api_cpu"] = api_cpu * 1000 / polls
     found["pg_cpu"] = pg_cpu * 1000 / polls
@@ -258,7 +258,7 @@ async def _pollers(
     for poller in opened:
         await _poll(*poller, 0)
     latencies: list[float] = []
-    before = _tree_cpu(api_pid), cpu.seconds()
+    before = tree_cpu(api_pid), cpu.seconds()
     mine = os.times()
     stop = time.perf_counter() + args.seconds
 
@@ -306,18 +306,6 @@ async def _poll(
     if not head.startswith(b"HTTP/1.1 200 "):
         raise RuntimeError(f"poll answered {head.splitlines()[0]!r}: {body[:200]!r}")
     return time.perf_counter() - sent
-
-
-def _tree_cpu(pid: int) -> float:
-    """CPU seconds of process ``pid`` and its live children (uvicorn's API processes)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    fields = _stat(pid)
-    total = sum(int(f) for f in fields[11:15])
-    for children in Path(f"/proc/{pid}/task").glob("*/children"):
-        for child in children.read_text().split():
-            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-                total += sum(int(f) for f in _stat(int(child))[11:13])
-    return total / tick
 
 
 if __name__ == "__main__":

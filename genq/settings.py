@@ -69,9 +69,9 @@ DEFAULT_KEY_CACHE_SECONDS = 5.0
 key keeps working for up to this long. 0 checks the key on every request."""
 
 DEFAULT_API_DB_CONNECTIONS = 10
-"""Connections to a networked database (PostgreSQL) each API process keeps, and the most it
-opens: ``genq api --workers N`` holds N times this many. A route that finds them all busy waits
-for one (a 503 after 30 s)."""
+"""Connections to a networked database (PostgreSQL) each API process keeps for its polls' reads,
+and as many for its other routes, and the most it opens: ``genq api --workers N`` holds up to
+2 x N x this many. A route that finds them all busy waits for one (a 503 after 30 s)."""
 
 DEFAULT_JOB_CACHE_SECONDS = 1.0
 """How long an API process answers ``GET /v1/jobs/{id}`` from the job as it last read it: many
