@@ -6,7 +6,9 @@ by whichever read sees it end first (a conditional update makes that exactly one
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import datetime, timedelta
+from itertools import chain
 from typing import Any
 
 from sqlalchemy import and_, insert, or_, select, update
@@ -18,8 +20,8 @@ from genq.intake.bodies import metadata_priority
 from genq.outputs import render
 from genq.producer import Publisher, submit_job
 from genq.settings import Settings
-from genq.store import JobStatus, RequestStatus, cancel_job, get_job, list_results
-from genq.store.files import FileInfo, create_file, get_file
+from genq.store import JobStatus, NewRequest, RequestStatus, cancel_job, get_job, list_results
+from genq.store.files import FileInfo, FileWriter, get_file
 from genq.store.tables import OpenAIBatch, looks_like_id, new_id, utcnow
 from genq.uploads import read_upload, served_model, served_models
 
@@ -45,26 +47,37 @@ def create_batch(
     and its job are stored in one transaction."""
     priority = metadata_priority(metadata)
     served = served_models(sessions)
-    read = read_upload(
+    reader, lines = read_upload(
         sessions, settings, tenant=tenant, file_id=input_file_id, served=served, endpoint=endpoint
     )
-    errors = [
-        {
-            "code": "invalid_request",
-            "message": str(line.error),
-            "param": line.error.field or None,
-            "line": line.number,
-            "custom_id": line.custom_id,
-        }
-        for line in read.lines
-        if line.error is not None
-    ]
-    requests = [line.request for line in read.valid if line.request is not None]
-    model = served_model(read.model or settings.default_model, settings, served=served)
+    errors: list[dict[str, Any]] = []
+
+    def valid() -> Iterator[NewRequest]:
+        for line in lines:
+            if line.error is not None:
+                errors.append(
+                    {
+                        "code": "invalid_request",
+                        "message": str(line.error),
+                        "param": line.error.field or None,
+                        "line": line.number,
+                        "custom_id": line.custom_id,
+                    }
+                )
+            elif line.request is not None:
+                yield line.request
+
+    def model() -> str:  # the first a line names, else the default
+        return reader.model or settings.default_model
+
+    requests = valid()
+    first = next(requests, None)  # the batch's parameters are its first valid line's
+    served_model(model(), settings, served=served)
     batch_id = new_id("batch")
     now = utcnow()
 
     def insert_row(session: Session, job_id: str | None) -> None:
+        served_model(model(), settings, served=served)  # settled once every line is read
         session.execute(
             insert(OpenAIBatch).values(
                 id=batch_id,
@@ -85,19 +98,18 @@ def create_batch(
             )
         )
 
-    if not requests:
+    if first is None:
         with sessions.begin() as session:
             insert_row(session, None)
         return batch_id
-    first = requests[0].params
-    assert first is not None
+    assert first.params is not None
     submit_job(
         sessions,
         publisher,
         tenant=tenant,
         model=model,
-        params=first,
-        requests=requests,
+        params=first.params,
+        requests=chain([first], requests),
         metadata={BATCH_TAG: batch_id},
         priority=priority,
         settings=settings,
@@ -162,16 +174,18 @@ def _move(
 
 
 def _write_files(session: Session, row: OpenAIBatch, final: str, *, now: datetime) -> None:
+    """The batch's output and error files, written a part at a time as results are read."""
     assert row.job_id is not None
     form = ENDPOINTS[row.endpoint]
     job = get_job(session, tenant=row.tenant, job_id=row.job_id)
-    out: list[str] = []
-    err: list[str] = [
-        json.dumps(
-            render(e["custom_id"], form, model=job.model, error=e["message"], param=e["param"])
-        )
-        for e in row.errors or []
-    ]
+    files = {
+        kind: _LazyFile(session, tenant=row.tenant, filename=f"{row.id}_{kind}.jsonl", now=now)
+        for kind in ("output", "error")
+    }
+    for e in row.errors or []:
+        line = render(e["custom_id"], form, model=job.model, error=e["message"], param=e["param"])
+        files["error"].write(line)
+    code = {"cancelled": f"batch_{final}" if final != "completed" else "batch_cancelled"}
     after = -1
     while True:
         rows = list_results(session, job_id=row.job_id, after_idx=after, limit=1000)
@@ -179,50 +193,60 @@ def _write_files(session: Session, row: OpenAIBatch, final: str, *, now: datetim
             custom_id = r.custom_id or r.request_id  # every line has one: its own, or line-N
             if r.status == RequestStatus.SUCCEEDED:
                 choices = [vars(c) for c in r.choices]
-                out.append(
-                    json.dumps(
-                        render(
-                            custom_id,
-                            form,
-                            model=job.model,
-                            choices=choices,
-                            prompt_tokens=r.prompt_tokens,
-                        )
+                files["output"].write(
+                    render(
+                        custom_id,
+                        form,
+                        model=job.model,
+                        choices=choices,
+                        prompt_tokens=r.prompt_tokens,
                     )
                 )
             else:
-                code = {
-                    "cancelled": f"batch_{final}" if final != "completed" else "batch_cancelled"
-                }
-                err.append(
-                    json.dumps(
-                        {
-                            "id": new_id("batch_req"),
-                            "custom_id": custom_id,
-                            "response": None,
-                            "error": {
-                                "code": code.get(str(r.status), "generation_failed"),
-                                "message": r.error or f"not run: the batch was {final}",
-                            },
-                        }
-                    )
+                files["error"].write(
+                    {
+                        "id": new_id("batch_req"),
+                        "custom_id": custom_id,
+                        "response": None,
+                        "error": {
+                            "code": code.get(str(r.status), "generation_failed"),
+                            "message": r.error or f"not run: the batch was {final}",
+                        },
+                    }
                 )
         if len(rows) < 1000:
             break
         after = rows[-1].idx
-    ids: dict[str, Any] = {}
-    for column, kind, lines in (("output_file_id", "output", out), ("error_file_id", "error", err)):
-        if lines:
-            ids[column] = create_file(
-                session,
-                tenant=row.tenant,
-                purpose="batch_output",
-                filename=f"{row.id}_{kind}.jsonl",
-                content="\n".join(lines).encode() + b"\n",
-                now=now,
-            ).id
+    ids = {f"{kind}_file_id": file.close() for kind, file in files.items() if file.written}
     if ids:
         session.execute(update(OpenAIBatch).where(OpenAIBatch.id == row.id).values(**ids))
+
+
+class _LazyFile:
+    """A JSONL output file, stored only once it has a line."""
+
+    def __init__(self, session: Session, *, tenant: str, filename: str, now: datetime) -> None:
+        self.session, self.tenant, self.filename, self.now = session, tenant, filename, now
+        self._writer: FileWriter | None = None
+
+    @property
+    def written(self) -> bool:
+        return self._writer is not None
+
+    def write(self, line: dict[str, Any]) -> None:
+        if self._writer is None:
+            self._writer = FileWriter(
+                self.session,
+                tenant=self.tenant,
+                purpose="batch_output",
+                filename=self.filename,
+                now=self.now,
+            )
+        self._writer.write(json.dumps(line).encode() + b"\n")
+
+    def close(self) -> str:
+        assert self._writer is not None
+        return self._writer.close().id
 
 
 def cancel(session: Session, *, tenant: str, batch_id: str) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -18,10 +18,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from genq.errors import InvalidRequest
 from genq.params import GenerationParams
 from genq.settings import Settings, get_settings
-from genq.store import Announcement, NewRequest, create_job, mark_announced, pending_announcements
-from genq.store.reconcile import DEFAULT_REAP_LIMIT
+from genq.store import (
+    Announcement,
+    NewRequest,
+    create_job,
+    get_job,
+    mark_announced,
+    pending_announcements,
+)
+from genq.store.reconcile import DEFAULT_REAP_LIMIT, queued_page, unmark_announced
 from genq.store.shares import check_quota, default_limits
-from genq.store.tables import MAX_NAME_LENGTH
+from genq.store.tables import MAX_NAME_LENGTH, utcnow
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -101,9 +108,9 @@ def submit_job(
     publisher: Publisher | None,
     *,
     tenant: str,
-    model: str,
+    model: str | Callable[[], str],
     params: GenerationParams,
-    requests: Sequence[NewRequest],
+    requests: Iterable[NewRequest],
     metadata: dict[str, Any] | None = None,
     priority: int = 0,
     settings: Settings | None = None,
@@ -112,13 +119,18 @@ def submit_job(
     """Validate and store a job with its requests (one transaction, bulk inserts), then announce
     them. Returns the job id once it is stored, whether or not the queue took the messages.
     With no publisher (the embedded mode, whose worker claims straight from the database) the
-    job is only stored. ``with_job(session, job_id)`` runs in the job's transaction: what it
-    writes (an OpenAI batch's row) is stored with the job or not at all. A job that would take
-    its tenant over a quota (``settings``' defaults, or the tenant's own) is refused with
-    :class:`QuotaExceeded` and nothing is stored."""
-    check_name("model", model)
+    job is only stored. ``requests`` may be a stream, read once (see :func:`create_job`, which
+    also says what a function for ``model`` means). ``with_job(session, job_id)`` runs in the
+    job's transaction: what it writes (an OpenAI batch's row) is stored with the job or not at
+    all. A job that would take its tenant over a quota (``settings``' defaults, or the
+    tenant's own) is refused with :class:`QuotaExceeded` and nothing is stored."""
+    if isinstance(model, str):
+        check_name("model", model)
     check_name("tenant", tenant)
+    settings = settings or get_settings()
     with sessions.begin() as session:
+        # Stored as announced when they are about to be: no second write per request after
+        # its message goes out. What cannot be published is unmarked (see announce_job).
         job_id = create_job(
             session,
             tenant=tenant,
@@ -127,20 +139,51 @@ def submit_job(
             requests=requests,
             metadata=metadata,
             priority=priority,
+            announced_at=utcnow() if publisher is not None else None,
         )
-        check_quota(session, tenant=tenant, defaults=default_limits(settings or get_settings()))
+        check_quota(session, tenant=tenant, defaults=default_limits(settings))
         if with_job is not None:
             with_job(session, job_id)
+        job = get_job(session, tenant=tenant, job_id=job_id)
     log.info(
         "job %s submitted: %d requests for %s",
         job_id,
-        len(requests),
-        model,
-        extra={"job_id": job_id, "model": model},
+        job.total,
+        job.model,
+        extra={"job_id": job_id, "model": job.model},
     )
     if publisher is not None:
-        announce(sessions, publisher, job_id=job_id, settings=settings)
+        announce_job(sessions, publisher, job_id=job_id, settings=settings)
     return job_id
+
+
+def announce_job(
+    sessions: sessionmaker[Session], publisher: Publisher, *, job_id: str, settings: Settings
+) -> int:
+    """Publish the messages of a job just stored, its requests marked announced, a page of
+    queued requests at a time. When the queue fails, what did not go out is unmarked (the
+    reconciler's next pass announces it; if even that write fails, the marks age out after
+    ``reannounce_seconds``). Returns how many requests were announced."""
+    after = -1
+    announced = 0
+    while True:
+        with sessions.begin() as session:
+            page, last = queued_page(
+                session, job_id=job_id, after_idx=after, limit=DEFAULT_REAP_LIMIT
+            )
+        if not page:
+            return announced
+        sent = publish(publisher, page, message_size=settings.message_size)
+        announced += len(sent)
+        if len(sent) < sum(len(a.request_ids) for a in page):
+            left = [i for a in page for i in a.request_ids if i not in sent]
+            try:
+                with sessions.begin() as session:
+                    unmark_announced(session, job_id=job_id, request_ids=left, after_idx=last)
+            except SQLAlchemyError as exc:
+                log.warning("could not unmark the unpublished requests of %s: %s", job_id, exc)
+            return announced
+        after = last
 
 
 def check_name(field: str, name: str) -> None:
@@ -188,25 +231,34 @@ def publish_announcements(
     *,
     message_size: int,
 ) -> int:
-    """Publish ``announcements`` in messages of at most ``message_size`` ids, marking each
-    message's requests as it goes out. The first failure stops it: the rest stay unannounced
-    for the reconciler. Returns how many requests were announced."""
-    sent = 0
+    """Publish ``announcements`` in messages of at most ``message_size`` ids, then mark what
+    went out, in one transaction. The first failure stops it: the rest stay unannounced for
+    the reconciler. Returns how many requests were announced."""
+    sent = publish(publisher, announcements, message_size=message_size)
+    if sent:
+        try:
+            with sessions.begin() as session:
+                mark_announced(session, request_ids=list(sent))
+        except SQLAlchemyError as exc:
+            # Out but not marked: announced again later, and a duplicate message is harmless.
+            log.warning("could not mark %d announced requests: %s", len(sent), exc)
+    return len(sent)
+
+
+def publish(
+    publisher: Publisher, announcements: Sequence[Announcement], *, message_size: int
+) -> dict[str, None]:
+    """Publish ``announcements`` in messages of at most ``message_size`` ids until the queue
+    fails (logged); returns the ids that went out, in order."""
+    sent: dict[str, None] = {}
     for message in chunked(announcements, message_size):
         try:
             publisher.publish(message)
         except Exception as exc:  # noqa: BLE001 - whatever stops the queue, the work is stored
-            left = sum(len(a.request_ids) for a in announcements) - sent
+            left = sum(len(a.request_ids) for a in announcements) - len(sent)
             log.warning("queue unavailable, %d requests left to the reconciler: %s", left, exc)
             break
-        sent += len(message.request_ids)
-        # Marked message by message: a short transaction, right behind the publish it records.
-        try:
-            with sessions.begin() as session:
-                mark_announced(session, request_ids=message.request_ids)
-        except SQLAlchemyError as exc:
-            # Out but not marked: announced again later, and a duplicate message is harmless.
-            log.warning("could not mark %d announced requests: %s", len(message.request_ids), exc)
+        sent.update(dict.fromkeys(message.request_ids))
     return sent
 
 

@@ -4,14 +4,14 @@ page through its results. The HTTP layer (api/) parses and calls these."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from genq.errors import InvalidRequest
-from genq.intake import JobCreate, job_requests
+from genq.intake import JobCreate, Line, job_requests
 from genq.producer import Publisher, submit_job
 from genq.settings import Settings
 from genq.store import JobInfo, JobStatus, NewRequest, ResultRow, list_results
@@ -31,10 +31,19 @@ def submit(
     stored whole or not at all; a job of an uploaded file (``input_file_id``) keeps one request
     per non-blank line, a line that cannot be read failing alone with its error."""
     served = served_models(sessions)
-    if body.input_file_id is not None:
+    requests: Iterable[NewRequest]
+    if body.input_file_id is None:
+        params, requests = job_requests(body, settings=settings)
+        model: str | Callable[[], str] = served_model(
+            body.model or settings.default_model, settings, served=served
+        )
+        check = None
+    else:
         if body.requests is not None:
             raise InvalidRequest("input_file_id", "give requests or input_file_id, not both")
-        read = read_upload(
+        if body.model is not None:
+            served_model(body.model, settings, served=served)
+        reader, lines = read_upload(
             sessions,
             settings,
             tenant=tenant,
@@ -43,17 +52,14 @@ def submit(
             defaults=body.params,
             model=body.model,
         )
-        if not read.valid:
-            raise InvalidRequest("input_file_id", f"no line can run; {read.lines[0].error_text}")
-        requests = [
-            line.request or NewRequest(custom_id=line.custom_id, error=line.error_text)
-            for line in read.lines
-        ]
-        params, named = read.params, read.model
-    else:
-        params, requests = job_requests(body, settings=settings)
-        named = body.model
-    model = served_model(named or settings.default_model, settings, served=served)
+        params, requests = reader.params, file_requests(lines)
+
+        def model() -> str:  # the one asked for, else the first a line names, else the default
+            return reader.model or settings.default_model
+
+        def check(_session: Session, _job_id: str) -> None:
+            served_model(model(), settings, served=served)
+
     return submit_job(
         sessions,
         publisher,
@@ -64,7 +70,24 @@ def submit(
         metadata=body.metadata,
         priority=body.priority,
         settings=settings,
+        with_job=check,
     )
+
+
+def file_requests(lines: Iterable[Line]) -> Iterator[NewRequest]:
+    """A request per line, a line that cannot be read failing alone with its error; raises at
+    the end if none can run."""
+    first_error = None
+    runnable = 0
+    for line in lines:
+        if line.request is not None:
+            runnable += 1
+            yield line.request
+        else:
+            first_error = first_error or line.error_text
+            yield NewRequest(custom_id=line.custom_id, error=line.error_text)
+    if not runnable:
+        raise InvalidRequest("input_file_id", f"no line can run; {first_error}")
 
 
 _STATUS_RANK = {

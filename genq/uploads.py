@@ -4,17 +4,18 @@ Face cache, and whatever live workers serve)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from genq.errors import InvalidRequest, NotFound
-from genq.intake import FileInput, read_file
+from genq.intake import Line, LineReader
 from genq.modelnames import check_model
 from genq.producer import check_name
 from genq.settings import Settings
-from genq.store.files import file_content
+from genq.store.files import read_parts
 from genq.store.views import live_workers
 
 LIVE_SECONDS = 60.0
@@ -42,22 +43,23 @@ def read_upload(
     file_id: str,
     served: frozenset[str],
     **options: Any,
-) -> FileInput:
-    """The lines of the tenant's uploaded file ``file_id`` (see :func:`read_file`, which takes
-    ``options``); a model a line names is checked as a job's would be, ``served`` included."""
-    with sessions.begin() as session:
-        try:
-            content = file_content(session, tenant=tenant, file_id=file_id)
-        except NotFound:
-            raise InvalidRequest("input_file_id", f"no file {file_id!r}") from None
+) -> tuple[LineReader, Iterator[Line]]:
+    """A reader of the tenant's uploaded file ``file_id`` (see :class:`LineReader`, which takes
+    ``options``) and its lines, read from the stored parts as they are asked for; a model a
+    line names is checked as a job's would be, ``served`` included. A missing file raises at
+    once; a file without a line, once its lines are read."""
+    try:
+        parts = read_parts(sessions, tenant=tenant, file_id=file_id)
+    except NotFound:
+        raise InvalidRequest("input_file_id", f"no file {file_id!r}") from None
     known = partial(check_model, settings=settings, served=served)
-    read = read_file(
-        content,
-        settings=settings,
-        check_model=known,
-        max_lines=settings.max_job_requests,
-        **options,
+    reader = LineReader(
+        settings=settings, check_model=known, max_lines=settings.max_job_requests, **options
     )
-    if not read.lines:
+    return reader, _lines(reader, parts)
+
+
+def _lines(reader: LineReader, parts: Iterator[bytes]) -> Iterator[Line]:
+    yield from reader.lines(parts)
+    if not reader.count:
         raise InvalidRequest("input_file_id", "the file holds no lines")
-    return read

@@ -3,16 +3,18 @@ delete."""
 
 from __future__ import annotations
 
+from functools import partial
+from itertools import chain
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, Query, UploadFile
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 
 from api.deps import ContextDep, SessionDep, TenantDep
 from api.openapi import non_json
 from genq.intake import check_upload
 from genq.openai_batches import file_object, file_public
-from genq.store.files import create_file, delete_file, file_content, list_files
+from genq.store.files import PART_BYTES, create_file, delete_file, list_files, read_parts
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
@@ -25,9 +27,13 @@ def upload(
     purpose: Annotated[str, Form()],
     context: ContextDep,
 ) -> dict[str, Any]:
-    content = file.file.read()
-    filename = check_upload(purpose=purpose, filename=file.filename, content=content)
-    info = create_file(session, tenant=tenant, purpose=purpose, filename=filename, content=content)
+    # The upload is spooled to disk as it arrives; it is stored a part at a time from there.
+    first = file.file.read(PART_BYTES)
+    filename = check_upload(purpose=purpose, filename=file.filename, content=first)
+    rest = iter(partial(file.file.read, PART_BYTES), b"")
+    info = create_file(
+        session, tenant=tenant, purpose=purpose, filename=filename, content=chain([first], rest)
+    )
     days = context.settings.retention_days
     return file_public(session, tenant=tenant, file_id=info.id, retention_days=days)
 
@@ -79,6 +85,6 @@ def read(
 @router.get(
     "/{file_id}/content", responses=non_json("application/octet-stream", "The file's bytes")
 )
-def content(file_id: str, session: SessionDep, tenant: TenantDep) -> Response:
-    data = file_content(session, tenant=tenant, file_id=file_id)
-    return Response(data, media_type="application/octet-stream")
+def content(file_id: str, tenant: TenantDep, context: ContextDep) -> Response:
+    parts = read_parts(context.sessions, tenant=tenant, file_id=file_id)
+    return StreamingResponse(parts, media_type="application/octet-stream")

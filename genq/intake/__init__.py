@@ -12,7 +12,7 @@ cannot hold gets past it.
 - :mod:`~genq.intake.lines`: JSONL files, line by line."""
 
 from genq.intake.bodies import BatchCreate, JobCreate, RequestIn
-from genq.intake.lines import FileInput, Line, check_upload, read_file
+from genq.intake.lines import FileInput, Line, LineReader, check_upload, read_file
 from genq.intake.openai import ENDPOINTS, LineForm
 from genq.intake.resolve import job_requests
 
@@ -23,6 +23,7 @@ __all__ = [
     "LineForm",
     "JobCreate",
     "Line",
+    "LineReader",
     "RequestIn",
     "check_upload",
     "job_requests",

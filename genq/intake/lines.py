@@ -11,9 +11,12 @@ with its number and ``custom_id``; the other lines are unaffected."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from hashlib import blake2b
 from typing import Any
+
+import numpy as np
 
 from genq.errors import GenqError, InvalidRequest
 from genq.intake import jsontext
@@ -82,32 +85,168 @@ def read_file(
     endpoint: str | None = None,
     max_lines: int | None = None,
 ) -> FileInput:
-    """Every non-blank line of ``content``. ``defaults`` are parameters under native lines'
-    own. ``model``, when given, is the job's; otherwise the first model a line names that
-    ``check_model`` accepts (it raises for an unknown one) is. A line naming an unknown model,
-    or another than the job's, fails. ``endpoint`` (an OpenAI batch's) is the one form lines
-    may take."""
-    resolver = ParamsResolver(defaults)
-    content = content.removeprefix(BOM)
-    lines: list[Line] = []
-    first_line: dict[str, int] = {}
-    for number, raw in enumerate(content.splitlines(), start=1):
-        if not raw.strip():
-            continue
-        if max_lines is not None and len(lines) >= max_lines:
-            raise InvalidRequest("input_file_id", f"at most {max_lines} lines per job")
-        line = _read_line(raw, number, resolver, settings=settings)
+    """Every non-blank line of ``content``, read as :class:`LineReader` reads (which see)."""
+    reader = LineReader(
+        settings=settings,
+        defaults=defaults,
+        model=model,
+        check_model=check_model,
+        endpoint=endpoint,
+        max_lines=max_lines,
+    )
+    lines = list(reader.lines([content]))
+    return FileInput(lines, reader.model, reader.params)
+
+
+class LineReader:
+    """The lines of a file that comes in chunks (a stored file's parts), one at a time: memory
+    holds a chunk of lines and, for the duplicate check, 24 bytes per ``custom_id`` given.
+
+    ``defaults`` are parameters under native lines' own. ``model``, when given, is the job's;
+    otherwise the first model a line names that ``check_model`` accepts (it raises for an
+    unknown one) is, from that line on (:attr:`model`). A line naming an unknown model, or
+    another than the job's, fails. ``endpoint`` (an OpenAI batch's) is the one form lines may
+    take. More than ``max_lines`` non-blank lines raise :class:`InvalidRequest`."""
+
+    CHUNK_LINES = 8192
+    """Lines read before their ``custom_id``\\ s are checked together."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        defaults: Mapping[str, Any] | None = None,
+        model: str | None = None,
+        check_model: Callable[[str], None] | None = None,
+        endpoint: str | None = None,
+        max_lines: int | None = None,
+    ) -> None:
+        self.settings = settings
+        self.resolver = ParamsResolver(defaults)
+        self.model = model
+        self.check_model = check_model
+        self.endpoint = endpoint
+        self.max_lines = max_lines
+        self.count = 0
+        """Non-blank lines read so far."""
+        self._firsts = FirstLines()
+
+    @property
+    def params(self) -> GenerationParams:
+        """The job's parameters: the defaults native lines' own override."""
+        return self.resolver.job
+
+    def lines(self, chunks: Iterable[bytes]) -> Iterator[Line]:
+        batch: list[Line] = []
+        for number, raw in numbered_lines(chunks):
+            if not raw.strip():
+                continue
+            if self.max_lines is not None and self.count >= self.max_lines:
+                raise InvalidRequest("input_file_id", f"at most {self.max_lines} lines per job")
+            self.count += 1
+            batch.append(self._line(raw, number))
+            if len(batch) >= self.CHUNK_LINES:
+                yield from self._deduplicated(batch)
+                batch = []
+        yield from self._deduplicated(batch)
+
+    def _line(self, raw: bytes, number: int) -> Line:
+        line = _read_line(raw, number, self.resolver, settings=self.settings)
+        endpoint = self.endpoint
         if line.error is None and endpoint is not None and line.form != ENDPOINTS.get(endpoint):
             line = _failed(line, "url", f"must be the batch's endpoint {endpoint}")
-        if line.error is None and line.model is not None and line.model != model:
-            line = _check_model(line, job_model=model, check_model=check_model)
-            model = model or line.model
-        if line.named:
-            first = first_line.setdefault(line.custom_id, number)
-            if first != number and line.error is None:
-                line = _failed(line, "custom_id", f"duplicate of line {first}")
-        lines.append(line)
-    return FileInput(lines, model, resolver.job)
+        if line.error is None and line.model is not None and line.model != self.model:
+            line = _check_model(line, job_model=self.model, check_model=self.check_model)
+            self.model = self.model or line.model
+        return line
+
+    def _deduplicated(self, batch: list[Line]) -> list[Line]:
+        """``batch`` with each line that repeats an earlier line's ``custom_id`` failed (the
+        first keeps it; a line already failed keeps its own error)."""
+        named = [i for i, line in enumerate(batch) if line.named]
+        firsts = self._firsts.of(
+            [batch[i].custom_id for i in named], [batch[i].number for i in named]
+        )
+        for i, first in zip(named, firsts, strict=True):
+            line = batch[i]
+            if first != line.number and line.error is None:
+                batch[i] = _failed(line, "custom_id", f"duplicate of line {first}")
+        return batch
+
+
+def numbered_lines(chunks: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
+    """The lines of the bytes ``chunks`` make together, each with its number (from 1, blank
+    lines counted), ends (LF, CRLF or CR) and a leading byte order mark removed, as
+    ``bytes.splitlines`` would split the whole."""
+    number = 0
+    rest = b""
+    started = False
+    for chunk in chunks:
+        data = rest + chunk
+        if not started:
+            if len(data) < len(BOM) and BOM.startswith(data):
+                rest = data
+                continue
+            data, started = data.removeprefix(BOM), True
+        parts = data.splitlines(keepends=True)
+        # The last part may go on in the next chunk; so may a CR (a CRLF split in two).
+        rest = parts.pop() if parts and not parts[-1].endswith(b"\n") else b""
+        for part in parts:
+            number += 1
+            yield number, _unended(part)
+    if not started:
+        rest = rest.removeprefix(BOM)
+    for part in rest.splitlines(keepends=True):
+        number += 1
+        yield number, _unended(part)
+
+
+def _unended(part: bytes) -> bytes:
+    if part.endswith(b"\r\n"):
+        return part[:-2]
+    return part[:-1] if part.endswith((b"\n", b"\r")) else part
+
+
+class FirstLines:
+    """The line where each ``custom_id`` first appeared, in 24 bytes an id (a 128-bit digest
+    and a line number, in sorted arrays), so that a million-line file is checked for
+    duplicates without a million strings in memory. Ids are added a chunk at a time."""
+
+    def __init__(self) -> None:
+        self._keys = np.empty(0, dtype="S16")
+        self._lines = np.empty(0, dtype=np.int64)
+
+    def of(self, ids: Sequence[str], numbers: Sequence[int]) -> list[int]:
+        """For each id (of line ``numbers``, ascending and past every line seen so far), the
+        number of the first line that gave it: its own for the first."""
+        if not ids:
+            return []
+        keys = np.array(
+            [blake2b(i.encode("utf-8", "surrogatepass"), digest_size=16).digest() for i in ids],
+            dtype="S16",
+        )
+        lines = np.asarray(numbers, dtype=np.int64)
+        # Within the chunk: a stable sort puts each id's first line first among its equals.
+        order = np.argsort(keys, kind="stable")
+        ordered = keys[order]
+        starts = np.ones(len(ordered), dtype=bool)
+        starts[1:] = ordered[1:] != ordered[:-1]
+        group = np.maximum.accumulate(np.where(starts, np.arange(len(ordered)), 0))
+        firsts = np.empty_like(lines)
+        firsts[order] = lines[order][group]
+        # Before the chunk: an earlier line wins.
+        if len(self._keys):
+            at = np.minimum(np.searchsorted(self._keys, keys), len(self._keys) - 1)
+            earlier = self._keys[at] == keys
+            firsts = np.where(earlier, self._lines[at], firsts)
+        else:
+            earlier = np.zeros(len(keys), dtype=bool)
+        new = starts & ~earlier[order]
+        where = np.searchsorted(self._keys, ordered[new])
+        self._keys = np.insert(self._keys, where, ordered[new])
+        self._lines = np.insert(self._lines, where, lines[order][new])
+        found: list[int] = firsts.tolist()
+        return found
 
 
 def _read_line(raw: bytes, number: int, resolver: ParamsResolver, *, settings: Settings) -> Line:

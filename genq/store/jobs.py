@@ -5,9 +5,10 @@ Like every store function these run in the caller's transaction and never commit
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from datetime import datetime
+from itertools import islice
 from typing import Any
 
 from sqlalchemy import bindparam, insert, select, update
@@ -47,23 +48,31 @@ _JOB_BY_ID = select(*(_JOB_COLUMNS[f.name] for f in fields(JobInfo))).where(
 )
 
 
+INSERT_ROWS = 10_000
+"""Requests written per bulk insert: a job's intake holds this many rows at a time."""
+
+
 def create_job(
     session: Session,
     *,
     tenant: str,
-    model: str,
+    model: str | Callable[[], str],
     params: GenerationParams,
-    requests: Sequence[NewRequest],
+    requests: Iterable[NewRequest],
     metadata: dict[str, Any] | None = None,
     priority: int = 0,
+    announced_at: datetime | None = None,
     now: datetime | None = None,
 ) -> str:
-    """Write a job and all its requests (queued, unannounced; those refused at intake failed)
-    in the caller's transaction; return the job id. The requests go in as one bulk write (see
-    :func:`bulk_insert`): a 50,000-request job is accepted in seconds."""
-    if not requests:
-        raise InvalidRequest("requests", "a job needs at least one request")
+    """Write a job and all its requests (queued; those refused at intake failed) in the
+    caller's transaction; return the job id. ``requests`` are read as they come and written
+    :data:`INSERT_ROWS` at a time (see :func:`bulk_insert`), so a million-request job from a
+    stream holds a chunk in memory, not the job. ``model`` may be a function, asked at each
+    chunk and at the end, for a model that the stream itself settles (a file's first line
+    that names one): rows written before it changed are moved to the final one. Queued
+    requests carry ``announced_at`` (a producer about to announce them passes now)."""
     now = now or utcnow()
+    model_of = model if callable(model) else lambda: model
     job_id = new_id("job")
     # Most requests use the job's parameters: hash those once, store them once (on the job).
     job_key = params.group_key()
@@ -71,76 +80,101 @@ def create_job(
     # once (by identity; the requests hold them alive) for its key and stored form.
     seen: dict[int, tuple[str, dict[str, Any] | None, GenerationParams]] = {}
     sets: dict[str, ParamSet] = {}
-    rows = []
     refused = 0
     work = 0
-    ids = new_ids("req", len(requests))
-    for idx, new in enumerate(requests):
-        found = seen.get(id(new.params))
-        if found is None:
-            own = new.params if new.params is not None and new.params != params else None
-            if own is None:
-                found = (job_key, None, params)
-            else:
-                found = (own.group_key(), own.model_dump(mode="json"), own)
-            seen[id(new.params)] = found
-        key, stored, resolved = found
-        if new.error is None:
-            sets.setdefault(key, ParamSet(resolved)).requests += 1
-            work += request_work(
-                estimated_tokens(new.prompt, new.messages),
-                max_new_tokens=resolved.max_new_tokens,
-                rows=resolved.num_return_sequences,
-            )
-        else:
-            refused += 1
-        # Columns left out (lease, announcement) start NULL.
-        rows.append(
-            {
-                "id": ids[idx],
-                "job_id": job_id,
-                "idx": idx,
-                "custom_id": new.custom_id,
-                "model": model,
-                "group_key": key,
-                "prompt": REFUSED_PROMPT if new.error is not None else new.prompt,
-                "messages": None if new.messages is None else list(new.messages),
-                "params": stored,
-                "status": RequestStatus.QUEUED if new.error is None else RequestStatus.FAILED,
-                "error": new.error,
-                "attempts": 0,
-                "fence": 0,
-                "created_at": now,
-                "updated_at": now,
-            }
-        )
+    total = 0
+    written: set[str] = set()
+    # The job's row first (the requests refer to it); its counts once they are all in.
     session.execute(
         insert(Job),
         [
             {
                 "id": job_id,
                 "tenant": tenant,
-                "model": model,
+                "model": model_of(),
                 "params": params.model_dump(mode="json"),
-                "param_sets": [s.public(k) for k, s in sorted(sets.items())[:MAX_PARAM_SETS]],
+                "param_sets": None,
                 "metadata_": metadata,
                 "priority": priority,
-                "work": work,
-                # A job of refused lines only has nothing to run: it ends as it is made.
-                "status": JobStatus.QUEUED if sets else JobStatus.COMPLETED,
-                "total": len(requests),
-                "succeeded": 0,
-                "failed": refused,
-                "cancelled": 0,
-                "refused": refused,
+                "work": 0,
+                "status": JobStatus.QUEUED,
+                **dict.fromkeys(("total", "succeeded", "failed", "cancelled", "refused"), 0),
                 **dict.fromkeys(("prompt_tokens", "completion_tokens"), 0),
                 "created_at": now,
                 "started_at": None,
-                "finished_at": None if sets else now,
+                "finished_at": None,
             }
         ],
     )
-    bulk_insert(session, Request, rows)
+    stream = iter(requests)
+    while chunk := list(islice(stream, INSERT_ROWS)):
+        rows = []
+        ids = new_ids("req", len(chunk))
+        chunk_model = model_of()
+        written.add(chunk_model)
+        for n, new in enumerate(chunk):
+            found = seen.get(id(new.params))
+            if found is None:
+                own = new.params if new.params is not None and new.params != params else None
+                if own is None:
+                    found = (job_key, None, params)
+                else:
+                    found = (own.group_key(), own.model_dump(mode="json"), own)
+                seen[id(new.params)] = found
+            key, stored, resolved = found
+            if new.error is None:
+                sets.setdefault(key, ParamSet(resolved)).requests += 1
+                work += request_work(
+                    estimated_tokens(new.prompt, new.messages),
+                    max_new_tokens=resolved.max_new_tokens,
+                    rows=resolved.num_return_sequences,
+                )
+            else:
+                refused += 1
+            # Columns left out (the lease) start NULL.
+            rows.append(
+                {
+                    "id": ids[n],
+                    "job_id": job_id,
+                    "idx": total + n,
+                    "custom_id": new.custom_id,
+                    "model": chunk_model,
+                    "group_key": key,
+                    "prompt": REFUSED_PROMPT if new.error is not None else new.prompt,
+                    "messages": None if new.messages is None else list(new.messages),
+                    "params": stored,
+                    "status": RequestStatus.QUEUED if new.error is None else RequestStatus.FAILED,
+                    "error": new.error,
+                    "attempts": 0,
+                    "fence": 0,
+                    "announced_at": announced_at if new.error is None else None,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            )
+        bulk_insert(session, Request, rows)
+        total += len(chunk)
+    if not total:
+        raise InvalidRequest("requests", "a job needs at least one request")
+    final = model_of()
+    if written != {final}:
+        session.execute(update(Request).where(Request.job_id == job_id).values(model=final))
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(
+            model=final,
+            param_sets=[s.public(k) for k, s in sorted(sets.items())[:MAX_PARAM_SETS]],
+            work=work,
+            total=total,
+            failed=refused,
+            refused=refused,
+            # A job of refused lines only has nothing to run: it ends as it is made.
+            status=JobStatus.QUEUED if sets else JobStatus.COMPLETED,
+            finished_at=None if sets else now,
+        ),
+        execution_options=PLAIN,
+    )
     return job_id
 
 

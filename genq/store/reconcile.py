@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Row, String, and_, cast, func, literal, or_, select, update
+from sqlalchemy import ColumnElement, Row, String, and_, cast, func, literal, or_, select, update
 from sqlalchemy.orm import Session
 
 from genq.settings import DEFAULT_MAX_ATTEMPTS, DEFAULT_REANNOUNCE_SECONDS
@@ -70,7 +71,7 @@ def _pending(
     return rows
 
 
-def _grouped(rows: Sequence[Row[str, str, str, RequestStatus]]) -> list[Announcement]:
+def _grouped(rows: Sequence[Row[str, str, str, Any]]) -> list[Announcement]:
     groups: dict[tuple[str, str], list[str]] = {}
     for row in rows:
         groups.setdefault((row.model, row.group_key), []).append(row.id)
@@ -108,6 +109,47 @@ def mark_announced(
             ).all()
         )
     return marked
+
+
+def queued_page(
+    session: Session, *, job_id: str, after_idx: int = -1, limit: int = DEFAULT_REAP_LIMIT
+) -> tuple[list[Announcement], int]:
+    """The job's queued requests past position ``after_idx``, at most ``limit`` in input
+    order (by the queued-requests index), grouped by parameter set; and the last position
+    (``after_idx`` when none)."""
+    rows = session.execute(
+        select(Request.id, Request.model, Request.group_key, Request.idx)
+        .where(Request.job_id == job_id, Request.status == _R.QUEUED, Request.idx > after_idx)
+        .order_by(Request.idx)
+        .limit(limit)
+    ).all()
+    return _grouped(rows), rows[-1].idx if rows else after_idx
+
+
+def unmark_announced(
+    session: Session, *, job_id: str, request_ids: Sequence[str] = (), after_idx: int | None = None
+) -> None:
+    """Clear the mark of the job's queued requests in ``request_ids`` and past ``after_idx``:
+    stored as announced, their messages never went out, so the reconciler's next pass
+    announces them. Rows another transaction holds are skipped, as in :func:`mark_announced`."""
+    where: list[ColumnElement[bool]] = [Request.id.in_(list(c)) for c in _chunks(request_ids)]
+    if after_idx is not None:
+        where.append(Request.idx > after_idx)
+    for each in where:
+        held = (
+            select(Request.id)
+            .where(Request.job_id == job_id, Request.status == _R.QUEUED, each)
+            .order_by(Request.id)
+            .with_for_update(skip_locked=True)
+        )
+        session.execute(
+            update(Request).where(Request.id.in_(held.scalar_subquery())).values(announced_at=None),
+            execution_options=PLAIN,
+        )
+
+
+def _chunks(ids: Sequence[str]) -> list[Sequence[str]]:
+    return [ids[start : start + MARK_CHUNK] for start in range(0, len(ids), MARK_CHUNK)]
 
 
 def reap(

@@ -258,8 +258,20 @@ class File(Base):
     purpose: Mapped[str] = mapped_column(String(32))
     filename: Mapped[str] = mapped_column(String(MAX_CUSTOM_ID_LENGTH))
     bytes: Mapped[int] = mapped_column(Integer)
-    content: Mapped[builtins.bytes] = mapped_column(LargeBinary)  # the class has its own "bytes"
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class FilePart(Base):
+    """A file's bytes, a part at a time (``seq`` from 0): written and read without holding the
+    whole file."""
+
+    __tablename__ = "file_parts"
+
+    file_id: Mapped[str] = mapped_column(
+        ForeignKey("files.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[builtins.bytes] = mapped_column(LargeBinary)  # the File class has its "bytes"
 
 
 class OpenAIBatch(Base):
