@@ -16,6 +16,7 @@ from api.openapi import ERROR_RESPONSES
 from api.routes import batches, files, health, jobs, metrics, models
 from genq.auth import LAST_USED_SECONDS
 from genq.periodic import Periodic
+from genq.producer import stop_announcing
 from genq.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ def create_app(context: Context | None = None, *, distributed: bool = False) -> 
         try:
             yield
         finally:
+            stop_announcing(timeout=10)  # what a large job's announcer has left is unmarked
             writer.stop(timeout=5)
             writer.tick()
             if context.loop_reads is not None:

@@ -135,6 +135,7 @@ def run(
         serve_api(code, env, workers=1) as (base, child),
         httpx.Client(base_url=base, headers=headers, timeout=600) as client,
     ):
+        found["idle_mib"] = peak_mib(child.pid)
         reset_peak(child.pid)
         started = time.perf_counter()
         with source.open("rb") as handle:
@@ -145,6 +146,8 @@ def run(
             )
         answer.raise_for_status()
         uploaded = time.perf_counter()
+        found["upload_peak_mib"] = peak_mib(child.pid)
+        reset_peak(child.pid)
         file_id = answer.json()["id"]
         if args.form == "native":
             body = {"input_file_id": file_id, "model": MODEL, "params": {"max_new_tokens": 1}}
@@ -168,7 +171,7 @@ def run(
         found["upload_s"] = uploaded - started
         found["create_s"] = accepted - uploaded
         found["accept_s"] = accepted - started
-        found["accept_peak_mib"] = peak_mib(child.pid)
+        found["create_peak_mib"] = peak_mib(child.pid)
         found["scrape_ms"], found["scrape_max_ms"] = timed(lambda: client.get("/metrics"), 10)
         found["poll_ms"], found["poll_max_ms"] = timed(
             lambda: client.get(f"/v1/jobs/{job_id}"), 50, pause=0.05
@@ -190,6 +193,7 @@ def run(
     if args.dispatch_seconds:
         # The same worker on a small job of a fresh database, for the rate it keeps there.
         env = environment(pg, redis, database + "_small", SMALL_JOB)
+        env["GENQ_REDIS_URL"] = redis.url.rsplit("/", 1)[0] + "/1"  # not the big job's queue
         small = apijob._run(
             code, env, env["GENQ_DATABASE_URL"], 1, SMALL_JOB, workdir, args.dispatch_seconds * 4
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -161,29 +162,96 @@ def announce_job(
     sessions: sessionmaker[Session], publisher: Publisher, *, job_id: str, settings: Settings
 ) -> int:
     """Publish the messages of a job just stored, its requests marked announced, a page of
-    queued requests at a time. When the queue fails, what did not go out is unmarked (the
-    reconciler's next pass announces it; if even that write fails, the marks age out after
-    ``reannounce_seconds``). Returns how many requests were announced."""
-    after = -1
-    announced = 0
-    while True:
-        with sessions.begin() as session:
+    queued requests at a time: the first page now, the rest (a job of more than
+    :data:`DEFAULT_REAP_LIMIT` requests) from a thread of its own, so that a large job is
+    accepted once it is stored and its first messages are out. Returns how many requests
+    were announced before it returned. See :class:`JobAnnouncer` for what a failure does."""
+    announcer = JobAnnouncer(sessions, publisher, job_id=job_id, settings=settings)
+    if announcer.step():
+        announcer.start()
+    return announcer.announced
+
+
+class JobAnnouncer(threading.Thread):
+    """Publishes a stored job's queued requests page by page. When the queue fails, or the
+    process stops (:func:`stop_announcing`) before the end, what did not go out is unmarked,
+    so the reconciler's next pass announces it; if even that write fails (or the process is
+    killed), the marks age out after ``reannounce_seconds`` and the reconciler announces the
+    requests then. Nothing is lost either way, only later."""
+
+    running: set[JobAnnouncer] = set()
+    _lock = threading.Lock()
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        publisher: Publisher,
+        *,
+        job_id: str,
+        settings: Settings,
+    ) -> None:
+        super().__init__(name=f"announce-{job_id}", daemon=True)
+        self.sessions, self.publisher, self.job_id = sessions, publisher, job_id
+        self.message_size = settings.message_size
+        self.after = -1
+        self.announced = 0
+        self.stopping = threading.Event()
+
+    def start(self) -> None:
+        with self._lock:
+            self.running.add(self)
+        super().start()
+
+    def run(self) -> None:
+        try:
+            while not self.stopping.is_set() and self.step():
+                pass
+            if self.stopping.is_set():
+                self._unmark([])
+        except Exception:  # noqa: BLE001 - the marks age out: the reconciler announces them
+            log.exception("announcing job %s stopped", self.job_id)
+        finally:
+            with self._lock:
+                self.running.discard(self)
+        log.info("job %s: %d requests announced", self.job_id, self.announced)
+
+    def step(self) -> bool:
+        """Publish the next page; whether more may follow."""
+        with self.sessions.begin() as session:
             page, last = queued_page(
-                session, job_id=job_id, after_idx=after, limit=DEFAULT_REAP_LIMIT
+                session, job_id=self.job_id, after_idx=self.after, limit=DEFAULT_REAP_LIMIT
             )
-        if not page:
-            return announced
-        sent = publish(publisher, page, message_size=settings.message_size)
-        announced += len(sent)
+        sent = publish(self.publisher, page, message_size=self.message_size)
+        self.announced += len(sent)
         if len(sent) < sum(len(a.request_ids) for a in page):
-            left = [i for a in page for i in a.request_ids if i not in sent]
-            try:
-                with sessions.begin() as session:
-                    unmark_announced(session, job_id=job_id, request_ids=left, after_idx=last)
-            except SQLAlchemyError as exc:
-                log.warning("could not unmark the unpublished requests of %s: %s", job_id, exc)
-            return announced
-        after = last
+            self._unmark([i for a in page for i in a.request_ids if i not in sent], last)
+            return False
+        self.after = last
+        return bool(page)
+
+    def _unmark(self, request_ids: Sequence[str], last: int | None = None) -> None:
+        try:
+            with self.sessions.begin() as session:
+                unmark_announced(
+                    session,
+                    job_id=self.job_id,
+                    request_ids=request_ids,
+                    after_idx=self.after if last is None else last,
+                )
+        except SQLAlchemyError as exc:
+            log.warning("could not unmark the unpublished requests of %s: %s", self.job_id, exc)
+
+
+def stop_announcing(timeout: float) -> None:
+    """Stop the jobs' announcers of this process (at shutdown), each unmarking what it did
+    not publish; waits up to ``timeout`` seconds for them."""
+    with JobAnnouncer._lock:
+        announcers = list(JobAnnouncer.running)
+    for announcer in announcers:
+        announcer.stopping.set()
+    deadline = time.monotonic() + timeout
+    for announcer in announcers:
+        announcer.join(max(0.0, deadline - time.monotonic()))
 
 
 def check_name(field: str, name: str) -> None:

@@ -275,8 +275,8 @@ def _read_line(raw: bytes, number: int, resolver: ParamsResolver, *, settings: S
             return Line(number, custom_id, form, request, model=body.model, named=named)
         native: RequestIn = validated(RequestIn, value)
         params = resolver.resolve(native.params, where="params")
-        request = new_request(native, params, settings=settings)
-        return Line(number, custom_id, form, replace(request, custom_id=custom_id), named=named)
+        request = new_request(native, params, settings=settings, custom_id=custom_id)
+        return Line(number, custom_id, form, request, named=named)
     except InvalidRequest as exc:
         return Line(number, custom_id, form, error=exc, named=named)
 

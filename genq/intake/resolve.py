@@ -41,13 +41,15 @@ def new_request(
     *,
     settings: Settings,
     where: str = "",
+    custom_id: str | None = None,
 ) -> NewRequest:
-    """``request`` as stored, with its resolved ``params``; ``where`` prefixes field names."""
+    """``request`` as stored, with its resolved ``params`` (and ``custom_id`` for its own,
+    when given); ``where`` prefixes field names."""
     if (request.prompt is None) == (request.messages is None):
         raise InvalidRequest(where or "prompt", "give exactly one of prompt or messages")
     check_size(request.prompt, request.messages, settings=settings, where=where)
     return NewRequest(
-        custom_id=request.custom_id,
+        custom_id=request.custom_id if custom_id is None else custom_id,
         prompt=request.prompt,
         messages=messages_of(request),
         params=params,

@@ -5,10 +5,9 @@ Like every store function these run in the caller's transaction and never commit
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, fields
 from datetime import datetime
-from itertools import islice
 from typing import Any
 
 from sqlalchemy import bindparam, insert, select, update
@@ -49,7 +48,7 @@ _JOB_BY_ID = select(*(_JOB_COLUMNS[f.name] for f in fields(JobInfo))).where(
 
 
 INSERT_ROWS = 10_000
-"""Requests written per bulk insert: a job's intake holds this many rows at a time."""
+"""Request ids made at once, and how often a stream's model is asked again."""
 
 
 def create_job(
@@ -66,8 +65,8 @@ def create_job(
 ) -> str:
     """Write a job and all its requests (queued; those refused at intake failed) in the
     caller's transaction; return the job id. ``requests`` are read as they come and written
-    :data:`INSERT_ROWS` at a time (see :func:`bulk_insert`), so a million-request job from a
-    stream holds a chunk in memory, not the job. ``model`` may be a function, asked at each
+    as they are read (see :func:`bulk_insert`), so a million-request job from a stream is
+    never held whole in memory. ``model`` may be a function, asked at each
     chunk and at the end, for a model that the stream itself settles (a file's first line
     that names one): rows written before it changed are moved to the final one. Queued
     requests carry ``announced_at`` (a producer about to announce them passes now)."""
@@ -106,13 +105,15 @@ def create_job(
             }
         ],
     )
-    stream = iter(requests)
-    while chunk := list(islice(stream, INSERT_ROWS)):
-        rows = []
-        ids = new_ids("req", len(chunk))
-        chunk_model = model_of()
-        written.add(chunk_model)
-        for n, new in enumerate(chunk):
+    def rows() -> Iterator[dict[str, Any]]:
+        nonlocal refused, work, total
+        row_model = model_of()
+        ids: list[str] = []
+        for idx, new in enumerate(requests):
+            if not ids:  # ids a chunk at a time; the model as the stream has settled it
+                ids = new_ids("req", INSERT_ROWS)
+                row_model = model_of()
+                written.add(row_model)
             found = seen.get(id(new.params))
             if found is None:
                 own = new.params if new.params is not None and new.params != params else None
@@ -131,29 +132,28 @@ def create_job(
                 )
             else:
                 refused += 1
+            total = idx + 1
             # Columns left out (the lease) start NULL.
-            rows.append(
-                {
-                    "id": ids[n],
-                    "job_id": job_id,
-                    "idx": total + n,
-                    "custom_id": new.custom_id,
-                    "model": chunk_model,
-                    "group_key": key,
-                    "prompt": REFUSED_PROMPT if new.error is not None else new.prompt,
-                    "messages": None if new.messages is None else list(new.messages),
-                    "params": stored,
-                    "status": RequestStatus.QUEUED if new.error is None else RequestStatus.FAILED,
-                    "error": new.error,
-                    "attempts": 0,
-                    "fence": 0,
-                    "announced_at": announced_at if new.error is None else None,
-                    "created_at": now,
-                    "updated_at": now,
-                }
-            )
-        bulk_insert(session, Request, rows)
-        total += len(chunk)
+            yield {
+                "id": ids.pop(),
+                "job_id": job_id,
+                "idx": idx,
+                "custom_id": new.custom_id,
+                "model": row_model,
+                "group_key": key,
+                "prompt": REFUSED_PROMPT if new.error is not None else new.prompt,
+                "messages": None if new.messages is None else list(new.messages),
+                "params": stored,
+                "status": RequestStatus.QUEUED if new.error is None else RequestStatus.FAILED,
+                "error": new.error,
+                "attempts": 0,
+                "fence": 0,
+                "announced_at": announced_at if new.error is None else None,
+                "created_at": now,
+                "updated_at": now,
+            }
+
+    bulk_insert(session, Request, rows())
     if not total:
         raise InvalidRequest("requests", "a job needs at least one request")
     final = model_of()
