@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from functools import partial
 
 import fakeredis
@@ -12,9 +13,16 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from genq.errors import InvalidRequest
 from genq.params import GenerationParams
-from genq.producer import GENERATE_TASK, CeleryPublisher, announce, submit_job
+from genq.producer import (
+    GENERATE_TASK,
+    CeleryPublisher,
+    JobAnnouncer,
+    announce,
+    stop_announcing,
+    submit_job,
+)
 from genq.settings import Settings
-from genq.store import NewRequest
+from genq.store import Announcement, NewRequest
 from genq.store.tables import Job, Request
 from tests.genq.conftest import messages
 from worker.celery_app import make_celery
@@ -155,3 +163,103 @@ def test_a_bad_model_name_is_refused_before_anything_is_stored(
         )
     with sessions.begin() as session:
         assert session.scalar(select(Job.id)) is None
+
+
+class Recording:
+    """A publisher that records messages and, from its ``fail_at``-th call, fails; ``then``
+    runs at that call instead when given."""
+
+    def __init__(self, fail_at: int | None = None, then: Callable[[], None] | None = None):
+        self.sent: list[str] = []
+        self.calls = 0
+        self.fail_at, self.then = fail_at, then
+
+    def publish(self, message: Announcement) -> None:
+        self.calls += 1
+        if self.calls == self.fail_at:
+            if self.then is None:
+                raise ConnectionError("queue gone")
+            self.then()
+        self.sent.extend(message.request_ids)
+
+
+def wait_announcers() -> None:
+    for announcer in list(JobAnnouncer.running):
+        announcer.join(timeout=30)
+    assert not JobAnnouncer.running
+
+
+@pytest.fixture
+def small_pages(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pages of 4 requests (messages of 2, the settings'): a 10-request job has a tail."""
+    monkeypatch.setattr("genq.producer.DEFAULT_REAP_LIMIT", 4)
+
+
+@pytest.mark.usefixtures("small_pages")
+def test_a_large_jobs_tail_is_announced_from_a_thread_each_request_once(
+    redis_server: fakeredis.FakeServer,
+    sessions: sessionmaker[Session],
+    publisher: CeleryPublisher,
+    settings: Settings,
+) -> None:
+    job = submit_job(
+        sessions,
+        publisher,
+        tenant="acme",
+        model="tiny-gpt2",
+        params=GenerationParams(),
+        requests=prompts(10),
+        settings=settings,
+    )
+    wait_announcers()
+    rows = stored(sessions, job)
+    named = [i for _, kwargs in messages(redis_server, "tiny-gpt2") for i in kwargs["request_ids"]]
+    assert named == [i for i, _, _ in rows]  # in input order, each once
+    assert all(announced for _, _, announced in rows)
+
+
+@pytest.mark.usefixtures("small_pages")
+def test_what_a_failed_queue_left_unpublished_is_unmarked_for_the_reconciler(
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    recording = Recording(fail_at=4)  # pages 1 (calls 1, 2) and half of page 2 go out
+    job = submit_job(
+        sessions,
+        recording,
+        tenant="acme",
+        model="tiny-gpt2",
+        params=GenerationParams(),
+        requests=prompts(10),
+        settings=settings,
+    )
+    wait_announcers()
+    rows = stored(sessions, job)
+    assert recording.sent == [i for i, _, _ in rows[:6]]
+    assert [announced for _, _, announced in rows] == [True] * 6 + [False] * 4
+    # The reconciler's pass announces exactly the rest.
+    assert announce(sessions, Recording(), settings=settings) == 4
+
+
+@pytest.mark.usefixtures("small_pages")
+def test_an_announcer_stopped_at_shutdown_unmarks_what_it_did_not_publish(
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    def shutdown() -> None:  # arrives while page 2 is being published
+        for announcer in list(JobAnnouncer.running):
+            announcer.stopping.set()
+
+    recording = Recording(fail_at=3, then=shutdown)
+    job = submit_job(
+        sessions,
+        recording,
+        tenant="acme",
+        model="tiny-gpt2",
+        params=GenerationParams(),
+        requests=prompts(10),
+        settings=settings,
+    )
+    stop_announcing(timeout=30)
+    wait_announcers()
+    rows = stored(sessions, job)
+    assert recording.sent == [i for i, _, _ in rows[:8]]  # page 2 finished, page 3 never began
+    assert [announced for _, _, announced in rows] == [True] * 8 + [False] * 2

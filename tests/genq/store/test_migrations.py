@@ -80,3 +80,29 @@ def test_the_schema_refuses_bad_rows(db_url: Callable[[], str], values: str, bro
             conn.execute(text(request))
     finally:
         engine.dispose()
+
+
+def test_files_move_into_parts_and_back(db_url: Callable[[], str]) -> None:
+    url = db_url()
+    upgrade(url, revision="0008")
+    engine = make_engine(url)
+    content = b'{"prompt": "a"}\n' * 1000
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO files (id, tenant, purpose, filename, bytes, content,"
+                    " created_at) VALUES ('file_1', 't', 'batch', 'in.jsonl', :n, :c,"
+                    " '2030-01-01')"
+                ),
+                {"n": len(content), "c": content},
+            )
+        upgrade(url)
+        with engine.connect() as conn:
+            parts = conn.execute(text("SELECT seq, data FROM file_parts")).all()
+            assert [(seq, bytes(data)) for seq, data in parts] == [(0, content)]
+        downgrade(url, revision="0008")
+        with engine.connect() as conn:
+            assert bytes(conn.scalar(text("SELECT content FROM files"))) == content
+    finally:
+        engine.dispose()
