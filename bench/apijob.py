@@ -79,6 +79,7 @@ def main() -> None:
                             "GENQ_MODEL_CACHE": str(get_settings().model_cache),
                             "GENQ_DEVICE": "cpu",
                             "GENQ_MAX_JOB_REQUESTS": str(max(args.count, 50_000)),
+                            "GENQ_MAX_BODY_REQUESTS": str(max(args.count, 50_000)),
                             # Several workers share the cores: one thread each.
                             "OMP_NUM_THREADS": "1" if workers > 1 else str(os.cpu_count()),
                         }

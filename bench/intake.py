@@ -47,7 +47,7 @@ def submit_seconds(content: bytes) -> float:
     with tempfile.TemporaryDirectory(prefix="genq-intake-") as root:
         url = f"sqlite:///{Path(root) / 'genq.db'}"
         upgrade(url)
-        settings = Settings(database_url=url, default_model="tiny-gpt2")
+        settings = Settings(database_url=url, default_model="tiny-gpt2", max_body_requests=10**7)
         engine = make_engine(url)
         context = Context(settings, session_factory(engine), None)
         with context.sessions.begin() as session:
@@ -74,7 +74,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     bodies = {"job params": body(args.count, own=False), "own params": body(args.count, own=True)}
-    settings = Settings(max_job_requests=max(args.count, 1))
+    settings = Settings(max_job_requests=max(args.count, 1), max_body_requests=max(args.count, 1))
     submit: dict[str, list[float]] = {name: [] for name in bodies}
     intake: dict[str, list[float]] = {name: [] for name in bodies}
     for _ in range(args.rounds):

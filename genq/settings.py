@@ -50,8 +50,13 @@ DEFAULT_VISIBILITY_TIMEOUT = 3600.0
 planning window takes to run."""
 
 
-DEFAULT_MAX_JOB_REQUESTS = 50_000
-"""Most requests one job (or OpenAI batch) may hold."""
+DEFAULT_MAX_JOB_REQUESTS = 1_000_000
+"""Most requests one job (or OpenAI batch) may hold. A job of an uploaded file is read and
+stored as a stream, in memory that does not grow with it (but for 24 bytes a ``custom_id``)."""
+
+DEFAULT_MAX_BODY_REQUESTS = 50_000
+"""Most requests a ``POST /v1/jobs`` body may list: a body is parsed whole, so a larger job
+comes as an uploaded file (``input_file_id``), as ``genq submit`` sends it."""
 
 LARGEST_CONTEXT_TOKENS = 8192
 """The longest context of the built-in models (smollm2-135m's; a test keeps it so)."""
@@ -115,6 +120,7 @@ class Settings(BaseSettings):
     buffer_seconds: float = Field(default=DEFAULT_BUFFER_SECONDS, ge=0)
     visibility_timeout: float = Field(default=DEFAULT_VISIBILITY_TIMEOUT, gt=0)
     max_job_requests: int = Field(default=DEFAULT_MAX_JOB_REQUESTS, ge=1)
+    max_body_requests: int = Field(default=DEFAULT_MAX_BODY_REQUESTS, ge=1)
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1)
     max_prompt_chars: int = Field(default=DEFAULT_MAX_PROMPT_CHARS, ge=1)
     key_cache_seconds: float = Field(default=DEFAULT_KEY_CACHE_SECONDS, ge=0)

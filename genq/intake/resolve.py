@@ -92,10 +92,12 @@ def job_requests(
         raise InvalidRequest("requests", "give requests, or input_file_id for an uploaded file")
     if not body.requests:
         raise InvalidRequest("requests", "a job needs at least one request")
-    if len(body.requests) > settings.max_job_requests:
+    cap = min(settings.max_job_requests, settings.max_body_requests)
+    if len(body.requests) > cap:
         raise InvalidRequest(
             "requests",
-            f"at most {settings.max_job_requests} requests per job, got {len(body.requests)}",
+            f"at most {cap} requests per job in a body, got {len(body.requests)}; a larger"
+            " job comes as an uploaded file (input_file_id)",
         )
     resolver = ParamsResolver(body.params)
     seen: dict[str, int] = {}

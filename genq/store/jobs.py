@@ -105,6 +105,7 @@ def create_job(
             }
         ],
     )
+
     def rows() -> Iterator[dict[str, Any]]:
         nonlocal refused, work, total
         row_model = model_of()
