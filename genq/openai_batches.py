@@ -186,9 +186,10 @@ def _write_files(session: Session, row: OpenAIBatch, final: str, *, now: datetim
         line = render(e["custom_id"], form, model=job.model, error=e["message"], param=e["param"])
         files["error"].write(line)
     code = {"cancelled": f"batch_{final}" if final != "completed" else "batch_cancelled"}
-    after = -1
-    while True:
-        rows = list_results(session, job_id=row.job_id, after_idx=after, limit=1000)
+    for after in range(-1, job.total - 1, 1000):
+        rows = list_results(
+            session, job_id=row.job_id, after_idx=after, limit=1000, upto_idx=after + 1000
+        )
         for r in rows:
             custom_id = r.custom_id or r.request_id  # every line has one: its own, or line-N
             if r.status == RequestStatus.SUCCEEDED:
@@ -214,9 +215,6 @@ def _write_files(session: Session, row: OpenAIBatch, final: str, *, now: datetim
                         },
                     }
                 )
-        if len(rows) < 1000:
-            break
-        after = rows[-1].idx
     ids = {f"{kind}_file_id": file.close() for kind, file in files.items() if file.written}
     if ids:
         session.execute(update(OpenAIBatch).where(OpenAIBatch.id == row.id).values(**ids))

@@ -176,19 +176,32 @@ def result_public(row: ResultRow, *, job_params: dict[str, Any]) -> dict[str, An
 
 
 def all_results(
-    sessions: sessionmaker[Session], *, job_id: str, page: int = 1000
+    sessions: sessionmaker[Session], *, job_id: str, total: int, page: int = 1000
 ) -> Iterator[ResultRow]:
-    """Every finished result of a job in input order, a page per transaction."""
-    after = -1
-    while True:
+    """Every finished result of a job of ``total`` requests in input order, a range of
+    ``page`` positions per transaction (see :func:`list_results`)."""
+    for after in range(-1, total - 1, page):
         with sessions.begin() as session:
-            rows = list_results(session, job_id=job_id, after_idx=after, limit=page)
+            rows = list_results(
+                session, job_id=job_id, after_idx=after, limit=page, upto_idx=after + page
+            )
         yield from rows
-        if len(rows) < page:
-            return
-        after = rows[-1].idx
+
+
+STREAM_CHUNK_BYTES = 64 * 1024
+"""Bytes of JSONL sent at once: a send per line cost more than rendering it."""
 
 
 def jsonl_lines(rows: Iterator[ResultRow], *, job_params: dict[str, Any]) -> Iterator[bytes]:
+    """The rows as JSONL, in chunks of about :data:`STREAM_CHUNK_BYTES`."""
+    lines: list[bytes] = []
+    size = 0
     for row in rows:
-        yield json.dumps(result_public(row, job_params=job_params)).encode() + b"\n"
+        line = json.dumps(result_public(row, job_params=job_params)).encode() + b"\n"
+        lines.append(line)
+        size += len(line)
+        if size >= STREAM_CHUNK_BYTES:
+            yield b"".join(lines)
+            lines, size = [], 0
+    if lines:
+        yield b"".join(lines)

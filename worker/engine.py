@@ -362,15 +362,22 @@ class _Run:
             if not (self.pending or (self.batch is not None and self.batch.live)):
                 break
             if self._admit():
+                # Rows can end at admission (one new token): reported as any others, or a run
+                # of such rows would write nothing (nor renew its leases) until it ends.
+                if self._report_due():
+                    yield self._report()
                 continue  # admit as many chunks as there are free slots before stepping
             assert self.batch is not None and self.batch.live, "a request that never fits"
             self._step()
-            if len(self.results) * 2 >= self.max_rows or (
-                self.results and time.perf_counter() - self.since >= REPORT_SECONDS
-            ):
+            if self._report_due():
                 yield self._report()
         if self.results:
             yield self._report()
+
+    def _report_due(self) -> bool:
+        return len(self.results) * 2 >= self.max_rows or bool(
+            self.results and time.perf_counter() - self.since >= REPORT_SECONDS
+        )
 
     # -- admission ------------------------------------------------------------------------------
 

@@ -94,7 +94,7 @@ async def results(
     # Clients poll this route too: async, its reads on a bare connection (run_read).
     if format == "jsonl":
         job = await run_read(context, partial(get_job, tenant=tenant, job_id=job_id))
-        rows_of = service.all_results(context.sessions, job_id=job_id)
+        rows_of = service.all_results(context.sessions, job_id=job_id, total=job.total)
         lines = service.jsonl_lines(rows_of, job_params=job.params)
         return StreamingResponse(lines, media_type="application/jsonl")
     # Clients that poll the same page at the same time share one read of it, and its JSON.

@@ -253,12 +253,26 @@ def cancel_job(
 
 
 def list_results(
-    session: Reader, *, job_id: str, after_idx: int = -1, limit: int = DEFAULT_PAGE
+    session: Reader,
+    *,
+    job_id: str,
+    after_idx: int = -1,
+    limit: int = DEFAULT_PAGE,
+    upto_idx: int | None = None,
 ) -> list[ResultRow]:
     """Finished requests of a job (succeeded, failed or cancelled) in input order, from
-    position ``after_idx + 1`` on. Callers check the tenant with :func:`get_job` first. Plain
-    columns, no ORM entities: it runs on a bare connection as well as in a session."""
+    position ``after_idx + 1`` on, and up to ``upto_idx`` when given. Callers check the tenant
+    with :func:`get_job` first. Plain columns, no ORM entities: it runs on a bare connection
+    as well as in a session.
+
+    Positions are dense (0 to total - 1), so a page bounded by ``upto_idx`` reads at most that
+    many index entries whatever plan the database picks: without statistics (a table just
+    filled) PostgreSQL would otherwise read every finished row past ``after_idx`` and sort them,
+    for every page."""
     after_idx = min(after_idx, MAX_IDX)
+    bounds = [Request.idx > after_idx]
+    if upto_idx is not None:
+        bounds.append(Request.idx <= min(upto_idx, MAX_IDX))
     terminal = [s for s in RequestStatus if s.is_terminal]
     rows = session.execute(
         select(
@@ -274,7 +288,7 @@ def list_results(
             Result.completion_tokens,
         )
         .outerjoin(Result, Result.request_id == Request.id)
-        .where(Request.job_id == job_id, Request.idx > after_idx, Request.status.in_(terminal))
+        .where(Request.job_id == job_id, *bounds, Request.status.in_(terminal))
         .order_by(Request.idx)
         .limit(limit)
     ).all()

@@ -51,12 +51,18 @@ def finished_prefix(
     open: a client paging with the last idx as its cursor sees every result exactly once, even
     while the job runs (results finish out of order)."""
     after_idx = min(after_idx, MAX_IDX)  # a cursor past any position: bound it for the column
+    # Positions are dense: the prefix lies within the next ``limit`` of them, and both reads
+    # stay in that range (see list_results).
+    upto = min(after_idx + limit, MAX_IDX)
     first_open = session.scalar(
         select(func.min(Request.idx)).where(
-            Request.job_id == job_id, Request.idx > after_idx, Request.status.in_(_OPEN)
+            Request.job_id == job_id,
+            Request.idx > after_idx,
+            Request.idx <= upto,
+            Request.status.in_(_OPEN),
         )
     )
-    rows = list_results(session, job_id=job_id, after_idx=after_idx, limit=limit)
+    rows = list_results(session, job_id=job_id, after_idx=after_idx, limit=limit, upto_idx=upto)
     return rows if first_open is None else [r for r in rows if r.idx < first_open]
 
 

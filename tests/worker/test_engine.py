@@ -425,3 +425,16 @@ def test_cpu_decode_attention_keeps_greedy_texts(
     assert {k: r.choices for k, r in with_kernel.items()} == {
         k: r.choices for k, r in with_sdpa.items()
     }
+
+
+def test_rows_that_end_at_admission_are_reported_as_they_end(
+    tiny: LoadedModel, make_engine: EngineFactory
+) -> None:
+    # One new token: every row ends as it is admitted, and no decode step ever runs. Reports
+    # still come every half batch of results, so a worker writes them (and renews its
+    # leases) as the run goes, not once at its end.
+    engine = make_engine(tiny, max_batch_size=8)
+    reqs = [request(str(i), f"prompt {i}", max_new_tokens=1) for i in range(64)]
+    reports = list(engine.run(reqs))
+    assert sum(len(r.results) for r in reports) == 64
+    assert len(reports) >= 64 // 8
