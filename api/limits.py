@@ -21,32 +21,38 @@ class BodyLimit:
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await self._refuse(send)
             return
-        # Read the whole body first: past the limit nothing reaches the app, so no partial job.
-        chunks: list[bytes] = []
+        # The body goes on to the app as it arrives (a 200 MB upload is spooled to disk by the
+        # form parser, never held here). Past the limit the app is told the client is gone:
+        # every route reads its whole body before it acts (JSON parsed whole, a form's files
+        # spooled), so it stores nothing, and its answer gives way to the 413.
         size = 0
-        while True:
+        refused = False
+        answered = False
+
+        async def counted() -> Message:
+            nonlocal size, refused
             message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                await self._refuse(send)
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
-        sent = False
+            if message["type"] == "http.request":
+                size += len(message.get("body", b""))
+                if size > self.max_bytes:
+                    refused = True
+                    return {"type": "http.disconnect"}
+            return message
 
-        async def replay() -> Message:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
+        async def answer(message: Message) -> None:
+            nonlocal answered
+            if refused and not answered:
+                return
+            answered = True
+            await send(message)
 
-        await self.app(scope, replay, send)
+        try:
+            await self.app(scope, counted, answer)
+        except Exception:
+            if not refused or answered:
+                raise
+        if refused and not answered:
+            await self._refuse(send)
 
     async def _refuse(self, send: Send) -> None:
         message = f"request body larger than {self.max_bytes} bytes"

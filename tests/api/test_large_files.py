@@ -4,12 +4,12 @@ exactly as a small one would be, on both databases."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from sqlalchemy import func, select
 
 from genq.store.files import PART_BYTES
-from genq.store.tables import FilePart, Job
+from genq.store.tables import File, FilePart, Job
 from tests.api.conftest import Service
 
 
@@ -66,3 +66,25 @@ def test_a_file_over_the_job_size_is_refused_whole_after_reading(
     assert "at most 20000 lines per job" in answer.json()["error"]["message"]
     with service.context.sessions.begin() as session:
         assert session.scalar(select(func.count()).select_from(Job)) == 0
+
+
+def test_an_upload_over_the_body_limit_is_413_and_stores_no_file(
+    make_service: Callable[..., Service],
+) -> None:
+    service = make_service(max_body_bytes=PART_BYTES)
+    boundary = b"--b\r\n"
+
+    def body() -> Iterator[bytes]:  # chunked: the limit is found only as the bytes come
+        yield boundary + b'Content-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+        yield boundary + b'Content-Disposition: form-data; name="file"; filename="in.jsonl"\r\n'
+        yield b"Content-Type: application/jsonl\r\n\r\n"
+        for _ in range(64):
+            yield b'{"prompt": "x"}\n' * 2048
+        yield b"\r\n--b--\r\n"
+
+    headers = {**service.as_("a"), "content-type": "multipart/form-data; boundary=b"}
+    answer = service.client.post("/v1/files", content=body(), headers=headers)
+    assert answer.status_code == 413, answer.text
+    with service.context.sessions.begin() as session:
+        assert session.scalar(select(func.count()).select_from(File)) == 0
+        assert session.scalar(select(func.count()).select_from(FilePart)) == 0
