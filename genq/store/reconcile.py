@@ -7,7 +7,19 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, String, and_, cast, func, literal, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Row,
+    String,
+    and_,
+    cast,
+    func,
+    literal,
+    literal_column,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from genq.settings import DEFAULT_MAX_ATTEMPTS, DEFAULT_REANNOUNCE_SECONDS
@@ -46,6 +58,12 @@ def pending_announcements(
     return _grouped(rows)
 
 
+# Written as literals, as the partial indexes' predicates are: a statement psycopg has prepared
+# (generic, its values unknown to the planner) can then still use those indexes.
+_QUEUED = Request.status == literal_column("'queued'")
+_RETRIED = and_(_QUEUED, Request.attempts > literal_column("0"))
+
+
 def _pending(
     session: Session,
     *,
@@ -55,19 +73,27 @@ def _pending(
     job_id: str | None,
     limit: int,
 ) -> Sequence[Row[str, str, str, RequestStatus]]:
+    """Expired leases first, then queued requests never announced, then those announced
+    longest ago: each a range of an index (the queued ones of the partial index on
+    ``announced_at``), so that a pass reads what it returns, not the whole queue."""
     stale = now - timedelta(seconds=reannounce_seconds)
+    expired, _queued = claimable_kinds(now=now, max_attempts=max_attempts)
+    fresh = Request.attempts < max_attempts
     unnamed = or_(Request.announced_at.is_(None), Request.announced_at < stale)
+    oldest = (Request.created_at, Request.idx)
+    selections = (
+        (and_(expired, unnamed), oldest),
+        (and_(_QUEUED, fresh, Request.announced_at.is_(None)), oldest),
+        (and_(_QUEUED, fresh, Request.announced_at < stale), (Request.announced_at,)),
+    )
     rows: list[Row[str, str, str, RequestStatus]] = []
-    for kind in claimable_kinds(now=now, max_attempts=max_attempts):
+    for where, order in selections:
         if len(rows) >= limit:
             break
-        query = select(Request.id, Request.model, Request.group_key, Request.status).where(
-            kind, unnamed
-        )
+        query = select(Request.id, Request.model, Request.group_key, Request.status).where(where)
         if job_id is not None:
             query = query.where(Request.job_id == job_id)
-        query = query.order_by(Request.created_at, Request.idx).limit(limit - len(rows))
-        rows += session.execute(query).all()
+        rows += session.execute(query.order_by(*order).limit(limit - len(rows))).all()
     return rows
 
 
@@ -187,28 +213,31 @@ def reap(
 
 
 def _give_up(session: Session, *, now: datetime, max_attempts: int) -> list[str]:
+    """Fail the requests out of attempts: queued ones a claim gave back (the partial index of
+    retried requests), and running ones whose lease ran out (a window's worth per worker)."""
     queued, running = sources(_R.QUEUED, _R.RUNNING, to=_R.FAILED)
+    assert queued == _R.QUEUED  # as _RETRIED spells it
     reason = (
         literal("gave up after ")
         + cast(Request.attempts, String)
         + literal(" attempts: ")
         + func.coalesce(Request.error, literal("worker lost"))
     )
-    rows = session.execute(
-        update(Request)
-        .where(
-            Request.attempts >= max_attempts,
-            or_(
-                Request.status == queued,
-                and_(Request.status == running, Request.lease_expires_at < now),
-            ),
-        )
-        .values(status=_R.FAILED, error=reason, lease_expires_at=None, updated_at=now)
-        .returning(Request.id, Request.job_id),
-        execution_options=PLAIN,
-    ).all()
     tallies: dict[str, Tally] = {}
-    for row in rows:
-        tallies.setdefault(row.job_id, Tally()).failed += 1
+    failed: list[str] = []
+    for where in (
+        _RETRIED,
+        and_(Request.status == running, Request.lease_expires_at < now),
+    ):
+        rows = session.execute(
+            update(Request)
+            .where(where, Request.attempts >= max_attempts)
+            .values(status=_R.FAILED, error=reason, lease_expires_at=None, updated_at=now)
+            .returning(Request.id, Request.job_id),
+            execution_options=PLAIN,
+        ).all()
+        for row in rows:
+            tallies.setdefault(row.job_id, Tally()).failed += 1
+        failed += [row.id for row in rows]
     apply_tallies(session, tallies, now=now)
-    return [row.id for row in rows]
+    return failed

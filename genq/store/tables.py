@@ -168,6 +168,21 @@ class Request(Base):
             postgresql_where=text("status = 'queued'"),
             sqlite_where=text("status = 'queued'"),
         ),
+        # The reconciler's passes read only what they act on, however long the queue: queued
+        # requests by when their last message went out (NULL: never), and queued requests a
+        # claim gave back (attempts > 0, few), for those out of attempts.
+        Index(
+            "ix_requests_queued_announced_at",
+            "announced_at",
+            postgresql_where=text("status = 'queued'"),
+            sqlite_where=text("status = 'queued'"),
+        ),
+        Index(
+            "ix_requests_queued_retried_attempts",
+            "attempts",
+            postgresql_where=text("status = 'queued' AND attempts > 0"),
+            sqlite_where=text("status = 'queued' AND attempts > 0"),
+        ),
         CheckConstraint("(prompt IS NULL) <> (messages IS NULL)", name="prompt_xor_messages"),
     )
 
