@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -43,7 +44,7 @@ from bench.apijob import _workers  # noqa: E402
 from bench.pollers import serve_api  # noqa: E402
 from genq.auth import create_key  # noqa: E402
 from genq.settings import get_settings  # noqa: E402
-from genq.store import make_engine, reap, session_factory, upgrade  # noqa: E402
+from genq.store import make_engine, reap, session_factory  # noqa: E402
 from genq.store.tables import Result  # noqa: E402
 
 MODEL = "tiny-gpt2"
@@ -85,11 +86,16 @@ def main() -> None:
     report(found, args)
 
 
-def environment(pg: Any, redis: Any, database: str, requests: int) -> dict[str, str]:
+def environment(
+    pg: Any, redis: Any, database: str, requests: int, code: Path = REPO
+) -> dict[str, str]:
     with pg.admin() as conn:
         conn.execute(f'CREATE DATABASE "{database}"')
     url = pg.url(database)
-    upgrade(url)
+    # The schema of the tree that runs on it (a baseline's may be older).
+    command = f"from genq.store import upgrade; upgrade({url!r})"
+    env = {**os.environ, "PYTHONPATH": str(code)}
+    subprocess.run([sys.executable, "-c", command], cwd=code, env=env, check=True)
     return {
         **os.environ,
         "GENQ_DATABASE_URL": url,
@@ -124,7 +130,7 @@ def run(
     args: argparse.Namespace,
     workdir: Path,
 ) -> dict[str, float]:
-    env = environment(pg, redis, database, args.requests)
+    env = environment(pg, redis, database, args.requests, code)
     url = env["GENQ_DATABASE_URL"]
     sessions = session_factory(make_engine(url))
     with sessions.begin() as session:
@@ -193,7 +199,7 @@ def run(
             found["results_peak_mib"] = peak_mib(child.pid)
     if args.dispatch_seconds:
         # The same worker on a small job of a fresh database, for the rate it keeps there.
-        env = environment(pg, redis, database + "_small", SMALL_JOB)
+        env = environment(pg, redis, database + "_small", SMALL_JOB, code)
         env["GENQ_REDIS_URL"] = redis.url.rsplit("/", 1)[0] + "/1"  # not the big job's queue
         small = apijob._run(
             code, env, env["GENQ_DATABASE_URL"], 1, SMALL_JOB, workdir, args.dispatch_seconds * 4
