@@ -13,7 +13,7 @@ from api import errors, outage
 from api.context import Context, build_context
 from api.limits import BodyLimit
 from api.openapi import ERROR_RESPONSES
-from api.routes import batches, files, health, jobs, metrics, models
+from api.routes import batches, files, health, jobs, metrics, models, ui
 from genq.auth import LAST_USED_SECONDS
 from genq.periodic import Periodic
 from genq.producer import stop_announcing
@@ -67,8 +67,9 @@ def create_app(context: Context | None = None, *, distributed: bool = False) -> 
     app.state.context = context
     errors.install(app)
     outage.install(app)
-    for module in (health, metrics, jobs, files, batches, models):
+    for module in (health, metrics, jobs, files, batches, models, ui):
         app.include_router(module.router)
+    app.mount("/ui/static", ui.static, name="ui-static")
     app.add_middleware(BodyLimit, max_bytes=context.settings.max_body_bytes)
     return app
 

@@ -520,8 +520,14 @@ class _Window:
             if r.key in mine
         ]
         batch_id = None
+        tokens = {r.key: r.completion_tokens for r in results}
         with rt.sessions.begin() as session:
             done = complete_many(session, items=items, now=now)
+            jobs: dict[str, tuple[int, int]] = {}
+            for (key, _, _), ok in zip(items, done, strict=True):
+                if ok:
+                    rows, new = jobs.get(mine[key].job_id, (0, 0))
+                    jobs[mine[key].job_id] = (rows + 1, new + tokens[key])
             if report is not None and report.rows:
                 batch_id = record_batch(
                     session,
@@ -535,6 +541,7 @@ class _Window:
                         seconds=report.seconds,
                         request_ids=report.keys,
                         refused=len(results) - sum(done),
+                        jobs=jobs,
                     ),
                     now=now,
                 )

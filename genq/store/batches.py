@@ -8,13 +8,15 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from genq.store.records import BatchRecord
-from genq.store.tables import Batch, utcnow
+from genq.store.tables import Batch, JobBatch, utcnow
 
 DEFAULT_BATCH_PAGE = 1000
 
 
 def record_batch(session: Session, *, batch: BatchRecord, now: datetime | None = None) -> int:
-    """Store ``batch`` (in the transaction that writes its outcomes); returns its id."""
+    """Store ``batch`` (in the transaction that writes its outcomes), with its part in each
+    job; returns its id."""
+    created = now or utcnow()
     row = session.execute(
         insert(Batch)
         .values(
@@ -27,11 +29,26 @@ def record_batch(session: Session, *, batch: BatchRecord, now: datetime | None =
             seconds=batch.seconds,
             request_ids=list(batch.request_ids),
             refused=batch.refused,
-            created_at=now or utcnow(),
+            created_at=created,
         )
         .returning(Batch.id)
     ).one()
-    return int(row.id)
+    batch_id = int(row.id)
+    if batch.jobs:
+        session.execute(
+            insert(JobBatch),
+            [
+                {
+                    "job_id": job_id,
+                    "batch_id": batch_id,
+                    "rows": rows,
+                    "completion_tokens": tokens,
+                    "created_at": created,
+                }
+                for job_id, (rows, tokens) in sorted(batch.jobs.items())
+            ],
+        )
+    return batch_id
 
 
 def list_batches(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
@@ -144,5 +144,7 @@ class BatchRecord:
     seconds: float
     request_ids: tuple[str, ...]
     refused: int = 0
+    # Per job: (requests of it this batch finished, their new tokens).
+    jobs: dict[str, tuple[int, int]] = field(default_factory=dict)
     id: int | None = None  # set once stored
     created_at: datetime | None = None

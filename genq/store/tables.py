@@ -183,6 +183,14 @@ class Request(Base):
             postgresql_where=text("status = 'queued' AND attempts > 0"),
             sqlite_where=text("status = 'queued' AND attempts > 0"),
         ),
+        # A job's failed requests in input order (few): its errors, and what a retry requeues.
+        Index(
+            "ix_requests_failed_job_id_idx",
+            "job_id",
+            "idx",
+            postgresql_where=text("status = 'failed'"),
+            sqlite_where=text("status = 'failed'"),
+        ),
         CheckConstraint("(prompt IS NULL) <> (messages IS NULL)", name="prompt_xor_messages"),
     )
 
@@ -244,6 +252,23 @@ class Batch(Base):
     seconds: Mapped[float] = mapped_column(Float)
     request_ids: Mapped[list[str]] = mapped_column(JSON)
     refused: Mapped[int] = mapped_column(Integer)  # outcomes not written: claims lost meanwhile
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class JobBatch(Base):
+    """A job's part in one recorded batch, written with it: how many of the job's requests it
+    finished, with how many new tokens. A job's throughput over time and the batches it rode
+    in are read from these by the job's key, however many requests the job has."""
+
+    __tablename__ = "job_batches"
+    __table_args__ = (Index(None, "batch_id"),)
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    batch_id: Mapped[int] = mapped_column(
+        ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True
+    )
+    rows: Mapped[int] = mapped_column(Integer)
+    completion_tokens: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 

@@ -3,11 +3,15 @@ embedded worker on tiny-gpt2 (started on demand), all in process."""
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
@@ -91,3 +95,23 @@ def backend_service(
 def service(make_service: Callable[..., Service], tiny: LoadedModel) -> Service:
     """A service with the tiny model built (workers only load it)."""
     return make_service()
+
+
+@pytest.fixture
+def live_url(service: Service) -> Iterator[str]:
+    """A uvicorn server over the service's app on a free loopback port: its base URL."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(service.context), host="127.0.0.1", port=port, log_level="error")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=20)

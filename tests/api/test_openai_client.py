@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -13,38 +11,20 @@ from typing import Any
 
 import openai
 import pytest
-import uvicorn
 from sqlalchemy import update
 
-from api.app import create_app
 from genq.store.tables import OpenAIBatch, utcnow
 from tests.api.conftest import Service
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
-def live(service: Service) -> Iterator[Callable[[str], openai.OpenAI]]:
-    """A uvicorn server over the service's app; a factory of clients per tenant."""
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(service.context), host="127.0.0.1", port=port, log_level="error")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
+def live(service: Service, live_url: str) -> Iterator[Callable[[str], openai.OpenAI]]:
+    """A factory of clients per tenant of a uvicorn server over the service's app."""
     clients: list[openai.OpenAI] = []
 
     def make(tenant: str) -> openai.OpenAI:
         client = openai.OpenAI(
-            base_url=f"http://127.0.0.1:{port}/v1", api_key=service.keys[tenant], max_retries=0
+            base_url=f"{live_url}/v1", api_key=service.keys[tenant], max_retries=0
         )
         clients.append(client)
         return client
@@ -52,8 +32,6 @@ def live(service: Service) -> Iterator[Callable[[str], openai.OpenAI]]:
     yield make
     for client in clients:
         client.close()
-    server.should_exit = True
-    thread.join(timeout=20)
 
 
 def _lines(endpoint: str, count: int) -> bytes:

@@ -53,6 +53,11 @@ def test_the_wheel_carries_the_environment_and_every_revision(wheel: Path) -> No
         names = set(archive.namelist())
     expected = {"migrations/env.py", "migrations/script.py.mako"}
     expected |= {f"migrations/versions/{name}" for name in revisions}
+    # The dashboard's templates and style ship too: it loads nothing from elsewhere.
+    ui = REPO / "api" / "ui"
+    assert len(list(ui.glob("templates/*.html"))) >= 4
+    expected |= {str(p.relative_to(REPO)) for p in ui.glob("templates/*.html")}
+    expected |= {str(p.relative_to(REPO)) for p in ui.glob("static/*")}
     assert expected - names == set()
 
 
