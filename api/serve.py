@@ -58,6 +58,7 @@ def serve_embedded(settings: Settings, *, host: str, port: int, tenant: str) -> 
     print(f"genq serving on http://{host}:{port}  (tenant {tenant!r})", flush=True)
     print(f"GENQ_API_URL=http://{host}:{port}", flush=True)
     print(f"GENQ_API_KEY={key}", flush=True)
+    print(f"dashboard: http://{host}:{port}/ui  (log in with the key)", flush=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         uvicorn.run(create_app(context), host=host, port=port, log_level="warning")
