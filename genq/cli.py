@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 import signal
 import sys
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
@@ -19,6 +20,8 @@ from genq.settings import get_settings
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
+
+    from genq.client import Client
 
 app = typer.Typer(help="genq: bulk offline text generation.", no_args_is_help=True)
 models_app = typer.Typer(help="Provision and list models.", no_args_is_help=True)
@@ -54,6 +57,58 @@ def _interrupt(_signum: int, _frame: object) -> None:
 def _fail(exc: GenqError) -> typer.Exit:
     typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
     return typer.Exit(code=2)
+
+
+@contextmanager
+def _api() -> Iterator[Client]:
+    """A client of GENQ_API_URL; what it raises ends the command with one line and exit 2."""
+    from genq.client import Client
+
+    try:
+        client = Client(get_settings())
+    except GenqError as exc:
+        raise _fail(exc) from None
+    try:
+        yield client
+    except GenqError as exc:
+        raise _fail(exc) from None
+    finally:
+        client.close()
+
+
+def _follow(client: Client, job: dict[str, Any]) -> dict[str, Any]:
+    """Poll ``job`` until it ends, with a bar of its requests, its rate and the server's ETA."""
+    import time
+
+    now = job
+
+    def shown(_item: object) -> str:
+        rate, eta = now["throughput"], now["eta_seconds"]
+        left = f"  ETA {eta:.0f}s" if eta is not None else ""
+        return (
+            f"{rate['requests_per_second']:.1f} req/s  {rate['tokens_per_second']:.0f} tok/s{left}"
+        )
+
+    def ended(current: dict[str, Any]) -> int:
+        counts = current["counts"]
+        return int(counts["succeeded"] + counts["failed"] + counts["cancelled"])
+
+    with typer.progressbar(
+        length=job["counts"]["total"],
+        label="requests",
+        file=sys.stderr,
+        show_eta=False,  # the server's, from the job's own rate, is shown instead
+        item_show_func=shown,
+    ) as bar:
+        done = ended(now)
+        bar.update(done)
+        while now["status"] not in ("completed", "cancelled"):
+            time.sleep(1.0)
+            now = client.status(now["id"])
+            bar.update(ended(now) - done)
+            done = ended(now)
+    typer.echo(f"{now['status']}: {json.dumps(now['counts'])}", err=True)
+    return now
 
 
 @app.command()
@@ -424,52 +479,18 @@ def submit(
     """Submit INPUT_PATH (native or OpenAI Batch lines) as one job to GENQ_API_URL (key:
     GENQ_API_KEY); prints the job id. Each line keeps its own parameters; a bad line fails
     alone, and the job's results have one line per input line, in order."""
-    import time
-
-    from genq.client import Client
-
-    try:
-        client = Client(get_settings())
-    except GenqError as exc:
-        raise _fail(exc) from None
-    try:
+    with _api() as client:
         job = client.submit(input_path, model=model, priority=priority)
         typer.echo(job["id"])
-        if not wait:
-            return
-        with typer.progressbar(
-            length=job["counts"]["total"], label="requests", file=sys.stderr
-        ) as bar:
-            done = 0
-            while job["status"] not in ("completed", "cancelled"):
-                time.sleep(1.0)
-                job = client.status(job["id"])
-                counts = job["counts"]
-                now = counts["succeeded"] + counts["failed"] + counts["cancelled"]
-                bar.update(now - done)
-                done = now
-        typer.echo(f"{job['status']}: {json.dumps(job['counts'])}", err=True)
-    except GenqError as exc:
-        raise _fail(exc) from None
-    finally:
-        client.close()
+        if wait:
+            _follow(client, job)
 
 
 @app.command()
 def status(job_id: str) -> None:
     """Print a job's status, counts, progress and ETA as JSON."""
-    from genq.client import Client
-
-    try:
-        client = Client(get_settings())
-    except GenqError as exc:
-        raise _fail(exc) from None
-    try:
+    with _api() as client:
         typer.echo(json.dumps(client.status(job_id), indent=2))
-    except GenqError as exc:
-        raise _fail(exc) from None
-    finally:
-        client.close()
 
 
 @app.command()
@@ -477,21 +498,14 @@ def results(
     job_id: str, output: Annotated[Path, typer.Option("--output", "-o", help="JSONL output")]
 ) -> None:
     """Write a job's finished results, in input order, to OUTPUT (``-``: standard output)."""
-    from genq.client import Client
-
-    try:
-        client = Client(get_settings())
-    except GenqError as exc:
-        raise _fail(exc) from None
     to_stdout = str(output) == "-"
-    try:
-        with nullcontext(sys.stdout.buffer) if to_stdout else output.open("wb") as out:
-            for chunk in client.results(job_id):
-                out.write(chunk)
-    except GenqError as exc:
-        raise _fail(exc) from None
-    finally:
-        client.close()
+    # The file opens once the client is made: a missing key leaves no empty file behind.
+    with (
+        _api() as client,
+        nullcontext(sys.stdout.buffer) if to_stdout else output.open("wb") as out,
+    ):
+        for chunk in client.results(job_id):
+            out.write(chunk)
     if not to_stdout:
         typer.echo(f"wrote {output}", err=True)
 
@@ -499,15 +513,19 @@ def results(
 @app.command()
 def cancel(job_id: str) -> None:
     """Cancel a job: queued requests now, running ones once they finish."""
-    from genq.client import Client
-
-    try:
-        client = Client(get_settings())
-    except GenqError as exc:
-        raise _fail(exc) from None
-    try:
+    with _api() as client:
         typer.echo(client.cancel(job_id)["status"])
-    except GenqError as exc:
-        raise _fail(exc) from None
-    finally:
-        client.close()
+
+
+@app.command()
+def retry(
+    job_id: str,
+    wait: Annotated[bool, typer.Option(help="show progress until the job ends")] = False,
+) -> None:
+    """Queue a completed job's failed requests again (fresh attempts; its successes are kept)
+    and print how many went back. Lines refused at intake stay failed."""
+    with _api() as client:
+        job = client.retry(job_id)
+        typer.echo(f"{job['requeued']} failed requests of {job_id} queued again")
+        if wait and job["requeued"]:
+            _follow(client, job)

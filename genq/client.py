@@ -93,6 +93,10 @@ class Client:
         with self._reaching():
             return self._json(self.http.post(f"/v1/jobs/{job_id}/cancel"))  # type: ignore[no-any-return]
 
+    def retry(self, job_id: str) -> dict[str, Any]:
+        with self._reaching():
+            return self._json(self.http.post(f"/v1/jobs/{job_id}/retry"))  # type: ignore[no-any-return]
+
     def results(self, job_id: str) -> Iterator[bytes]:
         url = f"/v1/jobs/{job_id}/results"
         with (

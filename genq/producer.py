@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -21,6 +22,7 @@ from genq.params import GenerationParams
 from genq.settings import Settings, get_settings
 from genq.store import (
     Announcement,
+    JobInfo,
     NewRequest,
     create_job,
     get_job,
@@ -28,6 +30,7 @@ from genq.store import (
     pending_announcements,
 )
 from genq.store.reconcile import DEFAULT_REAP_LIMIT, queued_page, unmark_announced
+from genq.store.retry import retry_failed
 from genq.store.shares import check_quota, default_limits
 from genq.store.tables import MAX_NAME_LENGTH, utcnow
 
@@ -156,6 +159,37 @@ def submit_job(
     if publisher is not None:
         announce_job(sessions, publisher, job_id=job_id, settings=settings)
     return job_id
+
+
+def retry_job(
+    sessions: sessionmaker[Session],
+    publisher: Publisher | None,
+    *,
+    tenant: str,
+    job_id: str,
+    settings: Settings,
+) -> tuple[JobInfo, int]:
+    """Queue a completed job's failed requests again (:func:`genq.store.retry.retry_failed`)
+    and announce them as a submit does; refused with :class:`QuotaExceeded` (nothing moved)
+    when they would take the tenant over a quota. Returns the job and how many went back."""
+    now = utcnow()
+    cutoff = now - timedelta(days=settings.retention_days) if settings.retention_days else None
+    with sessions.begin() as session:
+        job, count = retry_failed(
+            session,
+            tenant=tenant,
+            job_id=job_id,
+            announced_at=now if publisher is not None else None,
+            not_before=cutoff,
+            now=now,
+        )
+        if count:
+            check_quota(session, tenant=tenant, defaults=default_limits(settings))
+    if count:
+        log.info("job %s: %d failed requests queued again", job_id, count, extra={"job_id": job_id})
+        if publisher is not None:
+            announce_job(sessions, publisher, job_id=job_id, settings=settings)
+    return job, count
 
 
 def announce_job(

@@ -103,9 +103,10 @@ def job_is_ahead(held: JobInfo, other: JobInfo) -> bool:
     """Whether ``held`` was read after ``other``, as far as the job shows: its status only moves
     forward and its counts and tokens only grow, so a later read is never behind in any."""
 
-    def progress(job: JobInfo) -> tuple[int, int, int]:
+    def progress(job: JobInfo) -> tuple[int, int, int, int]:
         done = job.succeeded + job.failed + job.cancelled
-        return _STATUS_RANK[job.status], done, job.completion_tokens
+        # A retry takes a completed job back to queued: its count comes first.
+        return job.retried, _STATUS_RANK[job.status], done, job.completion_tokens
 
     return progress(held) > progress(other)
 
@@ -134,6 +135,7 @@ def job_public(job: JobInfo, *, now: datetime | None = None) -> dict[str, Any]:
             "cancelled": job.cancelled,
             "refused": job.refused,
         },
+        "retried": job.retried,  # failures put back in the queue by retries
         "progress": done / job.total if job.total else 1.0,
         "created_at": job.created_at.isoformat(),
         "started_at": job.started_at.isoformat() if job.started_at else None,

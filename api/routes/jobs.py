@@ -16,6 +16,7 @@ from api.openapi import non_json
 from genq import service
 from genq.intake import JobCreate
 from genq.intake.jsontext import INT_LIMIT
+from genq.producer import retry_job
 from genq.store import JobInfo, JobStatus, ResultRow, cancel_job, get_job
 from genq.store.db import Reader
 from genq.store.shares import standings
@@ -144,3 +145,15 @@ def cancel(job_id: str, tenant: TenantDep, context: ContextDep) -> dict[str, Any
     # commit cannot put its older job back.
     context.jobs.put_unless((tenant, job_id), job, service.job_is_ahead)
     return service.job_public(job)
+
+
+@router.post("/{job_id}/retry")
+def retry(job_id: str, tenant: TenantDep, context: ContextDep) -> dict[str, Any]:
+    """Queue a completed job's failed requests again, with fresh attempts; every success is
+    kept. ``requeued`` says how many went back (lines refused at intake stay failed); 409 for
+    a job not completed, or one an OpenAI batch stands for."""
+    job, count = retry_job(
+        context.sessions, context.publisher, tenant=tenant, job_id=job_id, settings=context.settings
+    )
+    context.jobs.put_unless((tenant, job_id), job, service.job_is_ahead)
+    return {**service.job_public(job), "requeued": count}

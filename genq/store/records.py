@@ -52,6 +52,7 @@ class JobInfo:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    retried: int = 0  # failures a retry requeued (no longer among ``failed``)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from genq.store.status import JobStatus
 from genq.store.tables import File, Job, OpenAIBatch, PrunedTotals, Request, Result
-from genq.store.views import TOTALS
+from genq.store.views import TOTALS, job_total
 
 ROWS_PER_PASS = 5000
 """Most requests (with their results) one call deletes: one short transaction's worth."""
@@ -94,7 +94,7 @@ def prune(session: Session, *, before: datetime, limit: int = ROWS_PER_PASS) -> 
 def _keep_totals(session: Session, job_ids: list[str]) -> None:
     """Add the tallies of jobs about to be deleted to their model's pruned totals."""
     sums = session.execute(
-        select(Job.model, *(func.sum(getattr(Job, name)) for name in TOTALS))
+        select(Job.model, *(func.sum(job_total(name)) for name in TOTALS))
         .where(Job.id.in_(job_ids))
         .group_by(Job.model)
         .order_by(Job.model)  # one lock order for concurrent pruners

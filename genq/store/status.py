@@ -42,19 +42,20 @@ _TERMINAL_REQUEST = frozenset(
 _R, _J = RequestStatus, JobStatus
 # RUNNING -> RUNNING is a takeover of an expired lease; RUNNING -> QUEUED is a release (warm
 # shutdown or a retryable error); QUEUED -> FAILED is the reconciler giving up on a request that
-# used up its attempts while queued.
+# used up its attempts while queued. FAILED -> QUEUED and COMPLETED -> QUEUED are a retry of a
+# completed job's failed requests (genq.store.retry), the only way back from an end.
 _REQUEST_MOVES: dict[RequestStatus, frozenset[RequestStatus]] = {
     _R.QUEUED: frozenset({_R.RUNNING, _R.CANCELLED, _R.FAILED}),
     _R.RUNNING: frozenset({_R.RUNNING, _R.QUEUED, _R.SUCCEEDED, _R.FAILED, _R.CANCELLED}),
     _R.SUCCEEDED: frozenset(),
-    _R.FAILED: frozenset(),
+    _R.FAILED: frozenset({_R.QUEUED}),
     _R.CANCELLED: frozenset(),
 }
 _JOB_MOVES: dict[JobStatus, frozenset[JobStatus]] = {
     _J.QUEUED: frozenset({_J.RUNNING, _J.CANCELLING, _J.COMPLETED}),
     _J.RUNNING: frozenset({_J.CANCELLING, _J.COMPLETED}),
     _J.CANCELLING: frozenset({_J.CANCELLED}),
-    _J.COMPLETED: frozenset(),
+    _J.COMPLETED: frozenset({_J.QUEUED}),
     _J.CANCELLED: frozenset(),
 }
 

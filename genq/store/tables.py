@@ -144,6 +144,8 @@ class Job(Base):
     cancelled: Mapped[int] = mapped_column(Integer)
     # Of the failed, the input lines refused at intake: they never ran.
     refused: Mapped[int] = mapped_column(Integer, server_default="0")
+    # Failures a retry put back in the queue: they happened, and stay counted (see TOTALS).
+    retried: Mapped[int] = mapped_column(Integer, server_default="0")
     prompt_tokens: Mapped[int] = mapped_column(Integer)
     completion_tokens: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from genq.store.db import Reader
@@ -147,15 +147,22 @@ def forget_worker(session: Session, *, worker_id: str) -> None:
 TOTALS = ("succeeded", "failed", "cancelled", "prompt_tokens", "completion_tokens")
 
 
+def job_total(name: str) -> ColumnElement[int]:
+    """The jobs' column for the total ``name``: failures a retry requeued still happened."""
+    column: ColumnElement[int] = getattr(Job, name)
+    return column + Job.retried if name == "failed" else column
+
+
 def finished_totals(session: Session) -> dict[str, dict[str, int]]:
     """Per model, requests finished by outcome and tokens, since the database began: the jobs'
     tallies plus those of jobs retention deleted. They only grow (Prometheus counters)."""
     totals: dict[str, dict[str, int]] = {}
-    for table in (Job, PrunedTotals):
+    for model_column, columns in (
+        (Job.model, [job_total(name) for name in TOTALS]),
+        (PrunedTotals.model, [getattr(PrunedTotals, name) for name in TOTALS]),
+    ):
         rows = session.execute(
-            select(table.model, *(func.sum(getattr(table, name)) for name in TOTALS)).group_by(
-                table.model
-            )
+            select(model_column, *(func.sum(c) for c in columns)).group_by(model_column)
         )
         for model, *values in rows:
             held = totals.setdefault(model, dict.fromkeys(TOTALS, 0))

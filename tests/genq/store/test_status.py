@@ -17,10 +17,12 @@ R, J = RequestStatus, JobStatus
         (R.RUNNING, R.QUEUED),  # release
         (R.RUNNING, R.SUCCEEDED),
         (R.RUNNING, R.FAILED),
+        (R.FAILED, R.QUEUED),  # a retry of a completed job's failures
         (J.QUEUED, J.RUNNING),
         (J.RUNNING, J.CANCELLING),
         (J.RUNNING, J.COMPLETED),
         (J.CANCELLING, J.CANCELLED),
+        (J.COMPLETED, J.QUEUED),  # the retry
     ],
 )
 def test_allowed_moves(old: RequestStatus | JobStatus, new: RequestStatus | JobStatus) -> None:
@@ -35,8 +37,10 @@ def test_allowed_moves(old: RequestStatus | JobStatus, new: RequestStatus | JobS
         (R.QUEUED, R.QUEUED),
         (R.SUCCEEDED, R.FAILED),
         (R.SUCCEEDED, R.RUNNING),
-        (R.FAILED, R.QUEUED),
+        (R.FAILED, R.RUNNING),  # a retry queues first
         (R.CANCELLED, R.RUNNING),
+        (R.CANCELLED, R.QUEUED),
+        (J.CANCELLED, J.QUEUED),  # only a completed job is retried
         (J.COMPLETED, J.CANCELLING),
         (J.CANCELLED, J.RUNNING),
         (J.CANCELLING, J.COMPLETED),  # a cancel, once asked, ends cancelled

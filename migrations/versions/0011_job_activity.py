@@ -4,7 +4,9 @@
   batch finished and their new tokens, written with the batch (a job's throughput over time and
   the batches it rode in, read by the job's key however large the job);
 - ``ix_requests_failed_job_id_idx``: a job's failed requests in input order (few), for its
-  errors and for retrying them.
+  errors and for retrying them;
+- ``jobs.retried``: failures a retry put back in the queue, still counted as failures that
+  happened (the finished-requests counters never go down).
 
 Revision ID: 0011
 Revises: 0010
@@ -47,6 +49,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("job_id", "batch_id", name="pk_job_batches"),
     )
     op.create_index("ix_job_batches_batch_id", "job_batches", ["batch_id"])
+    op.add_column("jobs", sa.Column("retried", sa.Integer(), server_default="0", nullable=False))
     op.create_index(
         "ix_requests_failed_job_id_idx",
         "requests",
@@ -58,5 +61,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index("ix_requests_failed_job_id_idx", table_name="requests")
+    # A plain DROP COLUMN on both backends: a batch rebuild of jobs would drop the table that
+    # requests cascade from.
+    op.execute("ALTER TABLE jobs DROP COLUMN retried")
     op.drop_index("ix_job_batches_batch_id", table_name="job_batches")
     op.drop_table("job_batches")
