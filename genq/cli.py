@@ -105,6 +105,8 @@ def _follow(client: Client, job: dict[str, Any]) -> dict[str, Any]:
         while now["status"] not in ("completed", "cancelled"):
             time.sleep(1.0)
             now = client.status(now["id"])
+            if ended(now) != done and not sys.stderr.isatty():  # a log, where no bar shows
+                typer.echo(f"{ended(now)}/{now['counts']['total']}  {shown(None)}", err=True)
             bar.update(ended(now) - done)
             done = ended(now)
     typer.echo(f"{now['status']}: {json.dumps(now['counts'])}", err=True)

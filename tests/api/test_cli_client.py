@@ -168,3 +168,38 @@ def test_submit_then_results_equal_run_on_the_same_file(
             assert result["params"]["max_new_tokens"] == asked["max_new_tokens"]
             assert result["params"]["do_sample"] == asked.get("do_sample", False)
             assert all(stop not in result["text"] for stop in asked.get("stop", []))
+
+
+def test_retry_from_the_cli(
+    live: Callable[[str], openai.OpenAI],
+    service: Service,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from genq.store import Outcome, claim, complete_many
+
+    monkeypatch.setenv("GENQ_API_URL", str(live("a").base_url).removesuffix("/v1/"))
+    monkeypatch.setenv("GENQ_API_KEY", service.keys["a"])
+    path = tmp_path / "in.jsonl"
+    path.write_text(
+        "".join(f'{{"prompt": "p {i}", "params": {{"max_new_tokens": 2}}}}\n' for i in range(3))
+    )
+    runner = CliRunner()
+    job_id = runner.invoke(app, ["submit", str(path)]).stdout.strip()
+    with service.context.sessions.begin() as session:
+        claims = claim(session, worker_id="w", model="tiny-gpt2", lease_seconds=60)
+        complete_many(
+            session, items=[(c.request_id, c.fence, Outcome(error="boom")) for c in claims]
+        )
+    service.start_worker()
+    retried = runner.invoke(app, ["retry", job_id, "--wait"])
+    assert retried.exit_code == 0, retried.output
+    assert retried.stdout.splitlines()[0] == f"3 failed requests of {job_id} queued again"
+    assert "req/s" in retried.stderr and "completed" in retried.stderr
+    status = json.loads(runner.invoke(app, ["status", job_id]).stdout)
+    assert status["counts"]["succeeded"] == 3 and status["retried"] == 3
+    nothing = runner.invoke(app, ["retry", job_id])
+    assert nothing.stdout.strip() == f"0 failed requests of {job_id} queued again"
+    missing = runner.invoke(app, ["retry", "job_nope"])
+    assert missing.exit_code == 2 and "Traceback" not in missing.output
+    assert missing.output.strip().startswith("error:")

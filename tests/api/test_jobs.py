@@ -116,3 +116,45 @@ def test_results_are_readable_while_the_job_runs(service: Service) -> None:
     assert page["has_more"] is True and page["next"] == 0
     stream = client.get(f"/v1/jobs/{job['id']}/results?format=jsonl", headers=a).text
     assert [json.loads(line)["idx"] for line in stream.splitlines()] == [0, 2]
+
+
+def test_retry_runs_only_the_failed_requests_again(service: Service) -> None:
+    client, a = service.client, service.as_("a")
+    job = client.post("/v1/jobs", json=prompts(4), headers=a).json()
+    early = client.post(f"/v1/jobs/{job['id']}/retry", headers=a)
+    assert early.status_code == 409 and "is queued" in early.json()["error"]["message"]
+    # A first run in which requests 1 and 3 failed.
+    with service.context.sessions.begin() as session:
+        claims = claim(session, worker_id="w", model="tiny-gpt2", lease_seconds=60)
+        ok = Outcome(choices=(Choice("first run", "length", 1),), prompt_tokens=3)
+        items = [
+            (c.request_id, c.fence, Outcome(error="CUDA out of memory") if c.idx % 2 else ok)
+            for c in claims
+        ]
+        assert complete_many(session, items=items) == [True] * 4
+    failed = client.get(f"/v1/jobs/{job['id']}", headers=a).json()
+    assert failed["status"] == "completed" and failed["counts"]["failed"] == 2
+    other = client.post(f"/v1/jobs/{job['id']}/retry", headers=service.as_("b"))
+    assert other.status_code == 404
+
+    answer = client.post(f"/v1/jobs/{job['id']}/retry", headers=a)
+    assert answer.status_code == 200, answer.text
+    retried = answer.json()
+    assert retried["requeued"] == 2 and retried["retried"] == 2
+    assert retried["status"] == "queued" and retried["counts"]["failed"] == 0
+    # A poll right after reads the retry, not the completed job it held.
+    assert client.get(f"/v1/jobs/{job['id']}", headers=a).json()["status"] == "queued"
+    service.start_worker()
+    done = wait_job(client, job["id"], a)
+    assert done["counts"] == {
+        "total": 4,
+        "succeeded": 4,
+        "failed": 0,
+        "cancelled": 0,
+        "refused": 0,
+    }
+    rows = client.get(f"/v1/jobs/{job['id']}/results", headers=a).json()["data"]
+    assert [r["text"] == "first run" for r in rows] == [True, False, True, False]
+    assert all(r["status"] == "succeeded" for r in rows)
+    again = client.post(f"/v1/jobs/{job['id']}/retry", headers=a).json()
+    assert again["requeued"] == 0 and again["status"] == "completed"

@@ -18,11 +18,12 @@ from genq.producer import (
     CeleryPublisher,
     JobAnnouncer,
     announce,
+    retry_job,
     stop_announcing,
     submit_job,
 )
 from genq.settings import Settings
-from genq.store import Announcement, NewRequest
+from genq.store import Announcement, Choice, NewRequest, Outcome, claim, complete_many
 from genq.store.tables import Job, Request
 from tests.genq.conftest import messages
 from worker.celery_app import make_celery
@@ -263,3 +264,33 @@ def test_an_announcer_stopped_at_shutdown_unmarks_what_it_did_not_publish(
     rows = stored(sessions, job)
     assert recording.sent == [i for i, _, _ in rows[:8]]  # page 2 finished, page 3 never began
     assert [announced for _, _, announced in rows] == [True] * 8 + [False] * 2
+
+
+def test_a_retry_announces_the_requests_it_queued_again(
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    job = submit_job(
+        sessions,
+        None,
+        tenant="acme",
+        model="tiny-gpt2",
+        params=GenerationParams(),
+        requests=prompts(5),
+        settings=settings,
+    )
+    with sessions.begin() as session:
+        claims = claim(session, worker_id="w", model="tiny-gpt2", lease_seconds=60)
+        failing = {c.request_id for c in claims if c.idx in (0, 4)}
+        done = Outcome(choices=(Choice("x", "length", 1),))
+        outcomes = [
+            (c.request_id, c.fence, Outcome(error="boom") if c.request_id in failing else done)
+            for c in claims
+        ]
+        complete_many(session, items=outcomes)
+    recording = Recording()
+    info, count = retry_job(sessions, recording, tenant="acme", job_id=job, settings=settings)
+    assert count == 2 and info.status == "queued"
+    wait_announcers()
+    assert sorted(recording.sent) == sorted(failing)  # each once, nothing else
+    marked = {rid for rid, _, announced in stored(sessions, job) if announced}
+    assert marked == failing
