@@ -13,11 +13,12 @@ from api import errors, outage
 from api.context import Context, build_context
 from api.limits import BodyLimit
 from api.openapi import ERROR_RESPONSES
-from api.routes import batches, files, health, jobs, metrics, models, ui
+from api.routes import batches, files, health, jobs, metrics, models, ui, webhooks
 from genq.auth import LAST_USED_SECONDS
 from genq.periodic import Periodic
 from genq.producer import stop_announcing
 from genq.settings import Settings, get_settings
+from genq.webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +55,13 @@ def create_app(context: Context | None = None, *, distributed: bool = False) -> 
             await context.loop_reads.open()
         writer = KeyUseWriter(context)
         writer.start()
+        sender = WebhookSender(context.sessions, context.settings)
+        sender.start()
         try:
             yield
         finally:
             stop_announcing(timeout=10)  # what a large job's announcer has left is unmarked
+            sender.stop(timeout=5)  # a send cut short is sent again once its lease runs out
             writer.stop(timeout=5)
             writer.tick()
             if context.loop_reads is not None:
@@ -67,7 +71,7 @@ def create_app(context: Context | None = None, *, distributed: bool = False) -> 
     app.state.context = context
     errors.install(app)
     outage.install(app)
-    for module in (health, metrics, jobs, files, batches, models, ui):
+    for module in (health, metrics, jobs, files, batches, models, webhooks, ui):
         app.include_router(module.router)
     app.mount("/ui/static", ui.static, name="ui-static")
     app.add_middleware(BodyLimit, max_bytes=context.settings.max_body_bytes)

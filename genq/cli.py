@@ -360,6 +360,43 @@ def tenants_set(
     tenants_list()
 
 
+@tenants_app.command("webhook")
+def tenants_webhook(
+    name: Annotated[str, typer.Argument(help="the tenant")],
+    url: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="where its jobs' events go when a job names no webhook_url"),
+    ] = None,
+    clear_url: Annotated[bool, typer.Option(help="no default webhook for its jobs")] = False,
+    rotate_secret: Annotated[
+        bool, typer.Option(help="a new signing secret (the old one stops verifying)")
+    ] = False,
+) -> None:
+    """Show, or set, a tenant's default webhook URL, and print its signing secret."""
+    from sqlalchemy import select, update
+
+    from genq.intake.bodies import check_webhook_url
+    from genq.store.tables import Tenant
+    from genq.store.webhooks import tenant_secret
+
+    if url is not None:
+        try:
+            check_webhook_url(url)
+        except ValueError as exc:
+            raise _fail(GenqError(f"--url {exc}")) from None
+    with _sessions().begin() as session:
+        secret = tenant_secret(session, tenant=name, rotate=rotate_secret)
+        if url is not None or clear_url:
+            session.execute(
+                update(Tenant)
+                .where(Tenant.name == name)
+                .values(webhook_url=None if clear_url else url)
+            )
+        held = session.scalar(select(Tenant.webhook_url).where(Tenant.name == name))
+    typer.echo(f"url     {held or '-'}")
+    typer.echo(f"secret  {secret}")
+
+
 @tenants_app.command("list")
 def tenants_list() -> None:
     """Each tenant with settings of its own, and its queued and running work now."""

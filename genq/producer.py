@@ -117,6 +117,7 @@ def submit_job(
     requests: Iterable[NewRequest],
     metadata: dict[str, Any] | None = None,
     priority: int = 0,
+    webhook_url: str | None = None,
     settings: Settings | None = None,
     with_job: Callable[[Session, str], None] | None = None,
 ) -> str:
@@ -143,6 +144,7 @@ def submit_job(
             requests=requests,
             metadata=metadata,
             priority=priority,
+            webhook_url=webhook_url,
             announced_at=utcnow() if publisher is not None else None,
         )
         check_quota(session, tenant=tenant, defaults=default_limits(settings))

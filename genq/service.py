@@ -69,6 +69,7 @@ def submit(
         requests=requests,
         metadata=body.metadata,
         priority=body.priority,
+        webhook_url=body.webhook_url,
         settings=settings,
         with_job=check,
     )

@@ -139,6 +139,14 @@ class Settings(BaseSettings):
     # Finished jobs (requests, results, their OpenAI batch) and files older than this many days
     # are deleted by the reconciler; 0 keeps everything.
     retention_days: float = Field(default=30, ge=0)
+    # Webhooks (a job's webhook_url, or its tenant's): sent from each API process, looked for
+    # every webhook_poll_seconds, each attempt given webhook_timeout_seconds; a failed one is
+    # tried again after webhook_backoff_seconds, doubled each time (at most an hour), up to
+    # webhook_max_attempts in all.
+    webhook_poll_seconds: float = Field(default=2.0, gt=0)
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    webhook_backoff_seconds: float = Field(default=5.0, ge=0)
+    webhook_max_attempts: int = Field(default=10, ge=1)
     # Long-running commands (worker, serve, api, reconcile) log text lines, or JSON lines that
     # carry job, request, batch and worker ids as fields (genq.logs).
     log_format: Literal["text", "json"] = "text"

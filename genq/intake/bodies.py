@@ -7,14 +7,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
 
 from genq.errors import InvalidRequest
 from genq.fairshare import MAX_PRIORITY, MIN_PRIORITY
 from genq.intake.jsontext import field_path
 from genq.params import params_schema
-from genq.store.tables import MAX_CUSTOM_ID_LENGTH, MAX_NAME_LENGTH
+from genq.store.tables import MAX_CUSTOM_ID_LENGTH, MAX_NAME_LENGTH, MAX_URL_LENGTH
 
 STRICT = ConfigDict(extra="forbid", strict=True)
 
@@ -62,6 +63,19 @@ class RequestIn(BaseModel):
     params: ParamsIn = None
 
 
+def check_webhook_url(url: str) -> str:
+    """An absolute http(s) URL with a host: where a job's events are POSTed."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an absolute http:// or https:// URL")
+    return url
+
+
+WebhookUrl = Annotated[
+    str, Field(min_length=1, max_length=MAX_URL_LENGTH), AfterValidator(check_webhook_url)
+]
+
+
 class JobCreate(BaseModel):
     """A job: ``requests`` in the body (all valid or none stored), or ``input_file_id``, an
     uploaded JSONL file (native or OpenAI Batch lines; a bad line fails alone). ``params`` are
@@ -76,6 +90,8 @@ class JobCreate(BaseModel):
     metadata: Metadata = None
     # Orders the tenant's jobs: a higher priority runs first; a lower one still moves.
     priority: int = Field(default=0, ge=MIN_PRIORITY, le=MAX_PRIORITY)
+    # POSTed, signed, when the job ends (else the tenant's default, if it has one).
+    webhook_url: WebhookUrl | None = None
 
 
 def metadata_priority(metadata: Mapping[str, str] | None, *, field: str = "metadata") -> int:

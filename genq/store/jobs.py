@@ -31,6 +31,7 @@ from genq.store.tables import (
     utcnow,
 )
 from genq.store.tally import PLAIN, Tally, apply_tallies, cancel_requests
+from genq.store.webhooks import job_ended
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ def create_job(
     metadata: dict[str, Any] | None = None,
     priority: int = 0,
     announced_at: datetime | None = None,
+    webhook_url: str | None = None,
     now: datetime | None = None,
 ) -> str:
     """Write a job and all its requests (queued; those refused at intake failed) in the
@@ -95,6 +97,7 @@ def create_job(
                 "param_sets": None,
                 "metadata_": metadata,
                 "priority": priority,
+                "webhook_url": webhook_url,
                 "work": 0,
                 "status": JobStatus.QUEUED,
                 **dict.fromkeys(("total", "succeeded", "failed", "cancelled", "refused"), 0),
@@ -176,6 +179,8 @@ def create_job(
         ),
         execution_options=PLAIN,
     )
+    if not sets:
+        job_ended(session, job_id=job_id, now=now)
     return job_id
 
 

@@ -40,6 +40,7 @@ from genq.store.status import JobStatus, RequestStatus
 DEFAULT_TENANT = "default"
 ID_LENGTH = 40
 MAX_CUSTOM_ID_LENGTH = 256
+MAX_URL_LENGTH = 2048
 MAX_NAME_LENGTH = 200  # model names, tenants, worker ids
 MAX_IDX = 2**31 - 1  # the idx column is a 32-bit integer on PostgreSQL
 REFUSED_PROMPT = ""  # the prompt of an input line refused at intake (see Request.prompt)
@@ -146,6 +147,7 @@ class Job(Base):
     refused: Mapped[int] = mapped_column(Integer, server_default="0")
     # Failures a retry put back in the queue: they happened, and stay counted (see TOTALS).
     retried: Mapped[int] = mapped_column(Integer, server_default="0")
+    webhook_url: Mapped[str | None] = mapped_column(String(MAX_URL_LENGTH))  # else the tenant's
     prompt_tokens: Mapped[int] = mapped_column(Integer)
     completion_tokens: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -350,7 +352,39 @@ class Tenant(Base):
     weight: Mapped[float | None] = mapped_column(Float)  # its share against other tenants
     max_queued_requests: Mapped[int | None] = mapped_column(BigInteger)
     max_queued_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    webhook_url: Mapped[str | None] = mapped_column(String(MAX_URL_LENGTH))  # jobs' default
+    webhook_secret: Mapped[str | None] = mapped_column(String(128))  # whsec_..., signs them all
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class WebhookDelivery(Base):
+    """One event of a job for its webhook, written in the transaction that ends the job (so
+    never lost), then sent until a 2xx answer or the last attempt: at least once."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index(None, "job_id"),
+        Index(
+            "ix_webhook_deliveries_pending_next_attempt_at",
+            "next_attempt_at",
+            postgresql_where=text("status = 'pending'"),
+            sqlite_where=text("status = 'pending'"),
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)  # the webhook-id
+    tenant: Mapped[str] = mapped_column(String(MAX_NAME_LENGTH))
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    event: Mapped[str] = mapped_column(String(32))  # job.completed, job.failed, job.cancelled
+    url: Mapped[str] = mapped_column(String(MAX_URL_LENGTH))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16))  # pending, delivered, failed
+    attempts: Mapped[int] = mapped_column(Integer)  # sends started
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)  # or a sender's lease end
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class PrunedTotals(Base):

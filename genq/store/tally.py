@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from genq.store.status import JobStatus, RequestStatus, check_transition, sources
 from genq.store.tables import Job, Request
+from genq.store.webhooks import job_ended
 
 # Statements below name their rows outright; nothing in the session's identity map to sync.
 PLAIN = {"synchronize_session": False}
@@ -70,6 +71,7 @@ def settle(
         update(Job).where(Job.id == job_id).values(status=new, finished_at=now),
         execution_options=PLAIN,
     )
+    job_ended(session, job_id=job_id, now=now)  # its webhook's event, in this transaction
     return new
 
 
