@@ -15,6 +15,7 @@ from api.limits import BodyLimit
 from api.openapi import ERROR_RESPONSES
 from api.routes import batches, files, health, jobs, metrics, models, ui, webhooks
 from genq.auth import LAST_USED_SECONDS
+from genq.batch_finalizer import BatchFinalizer
 from genq.periodic import Periodic
 from genq.producer import stop_announcing
 from genq.settings import Settings, get_settings
@@ -57,11 +58,14 @@ def create_app(context: Context | None = None, *, distributed: bool = False) -> 
         writer.start()
         sender = WebhookSender(context.sessions, context.settings)
         sender.start()
+        finalizer = BatchFinalizer(context.sessions)
+        finalizer.start()
         try:
             yield
         finally:
             stop_announcing(timeout=10)  # what a large job's announcer has left is unmarked
             sender.stop(timeout=5)  # a send cut short is sent again once its lease runs out
+            finalizer.stop(timeout=5)  # files half written roll back; the lease runs out
             writer.stop(timeout=5)
             writer.tick()
             if context.loop_reads is not None:

@@ -1,11 +1,10 @@
 """OpenAI-compatible batches over genq jobs: an uploaded JSONL file becomes one job (its valid
 lines; invalid ones are listed in ``errors`` and the error file), and the batch moves through
-OpenAI's statuses as its job does. Output and error files are written once, when the job ends,
-by whichever read sees it end first (a conditional update makes that exactly one)."""
+OpenAI's statuses as its job does: in_progress, then finalizing while a finalizer thread writes
+its output and error files (genq.batch_finalizer), then completed, cancelled or expired."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from itertools import chain
@@ -15,20 +14,20 @@ from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from genq.errors import Conflict, NotFound
-from genq.intake import ENDPOINTS
 from genq.intake.bodies import metadata_priority
-from genq.outputs import render
 from genq.producer import Publisher, submit_job
 from genq.settings import Settings
-from genq.store import JobStatus, NewRequest, RequestStatus, cancel_job, get_job, list_results
-from genq.store.files import FileInfo, FileWriter, get_file
+from genq.store import JobStatus, NewRequest, cancel_job, get_job
+from genq.store.files import FileInfo, get_file
 from genq.store.tables import OpenAIBatch, looks_like_id, new_id, utcnow
 from genq.uploads import read_upload, served_model, served_models
 
 WINDOWS = {"24h": timedelta(hours=24)}
 BATCH_TAG = "openai_batch"
-OPEN = ("in_progress", "cancelling", "expiring")  # "expiring" reads as "finalizing"
-_ENDED = {JobStatus.COMPLETED: "completed", JobStatus.CANCELLED: "cancelled"}
+# Statuses stored while the job runs ("expiring": cancelled past its window, read as
+# finalizing); "finalizing" follows once the job has ended, then the batch's outcome.
+OPEN = ("in_progress", "cancelling", "expiring")
+ENDED = {JobStatus.COMPLETED: "completed", JobStatus.CANCELLED: "cancelled"}
 
 
 def create_batch(
@@ -130,25 +129,10 @@ def _row(session: Session, tenant: str, batch_id: str) -> OpenAIBatch:
     return row
 
 
-def refresh(
-    session: Session, *, tenant: str, batch_id: str, now: datetime | None = None
-) -> dict[str, Any]:
-    """The batch as OpenAI clients read it, after moving it on: expire it past its window
-    (its finished work kept), and write its files once its job has ended."""
-    now = now or utcnow()
-    row = _row(session, tenant, batch_id)
-    if row.status in OPEN and row.job_id is not None:
-        job = get_job(session, tenant=tenant, job_id=row.job_id)
-        if row.status == "in_progress" and now >= row.expires_at and not job.status.is_terminal:
-            job = cancel_job(session, tenant=tenant, job_id=row.job_id, now=now)
-            _move(session, row, "expiring")
-            row = _row(session, tenant, batch_id)
-        if job.status.is_terminal:
-            final = "expired" if row.status == "expiring" else _ENDED[job.status]
-            if _move(session, row, final, ended_at=now):
-                _write_files(session, row, final, now=now)
-        row = _row(session, tenant, batch_id)
-    return public(session, row)
+def read_batch(session: Session, *, tenant: str, batch_id: str) -> dict[str, Any]:
+    """The batch as OpenAI clients read it. Reading moves nothing: expiry, finalizing and the
+    output files are the finalizer's (genq.batch_finalizer)."""
+    return public(session, _row(session, tenant, batch_id))
 
 
 def _move(
@@ -173,85 +157,11 @@ def _move(
     return moved is not None
 
 
-def _write_files(session: Session, row: OpenAIBatch, final: str, *, now: datetime) -> None:
-    """The batch's output and error files, written a part at a time as results are read."""
-    assert row.job_id is not None
-    form = ENDPOINTS[row.endpoint]
-    job = get_job(session, tenant=row.tenant, job_id=row.job_id)
-    files = {
-        kind: _LazyFile(session, tenant=row.tenant, filename=f"{row.id}_{kind}.jsonl", now=now)
-        for kind in ("output", "error")
-    }
-    for e in row.errors or []:
-        line = render(e["custom_id"], form, model=job.model, error=e["message"], param=e["param"])
-        files["error"].write(line)
-    code = {"cancelled": f"batch_{final}" if final != "completed" else "batch_cancelled"}
-    for after in range(-1, job.total - 1, 1000):
-        rows = list_results(
-            session, job_id=row.job_id, after_idx=after, limit=1000, upto_idx=after + 1000
-        )
-        for r in rows:
-            custom_id = r.custom_id or r.request_id  # every line has one: its own, or line-N
-            if r.status == RequestStatus.SUCCEEDED:
-                choices = [vars(c) for c in r.choices]
-                files["output"].write(
-                    render(
-                        custom_id,
-                        form,
-                        model=job.model,
-                        choices=choices,
-                        prompt_tokens=r.prompt_tokens,
-                    )
-                )
-            else:
-                files["error"].write(
-                    {
-                        "id": new_id("batch_req"),
-                        "custom_id": custom_id,
-                        "response": None,
-                        "error": {
-                            "code": code.get(str(r.status), "generation_failed"),
-                            "message": r.error or f"not run: the batch was {final}",
-                        },
-                    }
-                )
-    ids = {f"{kind}_file_id": file.close() for kind, file in files.items() if file.written}
-    if ids:
-        session.execute(update(OpenAIBatch).where(OpenAIBatch.id == row.id).values(**ids))
-
-
-class _LazyFile:
-    """A JSONL output file, stored only once it has a line."""
-
-    def __init__(self, session: Session, *, tenant: str, filename: str, now: datetime) -> None:
-        self.session, self.tenant, self.filename, self.now = session, tenant, filename, now
-        self._writer: FileWriter | None = None
-
-    @property
-    def written(self) -> bool:
-        return self._writer is not None
-
-    def write(self, line: dict[str, Any]) -> None:
-        if self._writer is None:
-            self._writer = FileWriter(
-                self.session,
-                tenant=self.tenant,
-                purpose="batch_output",
-                filename=self.filename,
-                now=self.now,
-            )
-        self._writer.write(json.dumps(line).encode() + b"\n")
-
-    def close(self) -> str:
-        assert self._writer is not None
-        return self._writer.close().id
-
-
 def cancel(session: Session, *, tenant: str, batch_id: str) -> dict[str, Any]:
     row = _row(session, tenant, batch_id)
     if row.status != "in_progress":
-        if row.status in ("cancelling", "cancelled"):
-            return refresh(session, tenant=tenant, batch_id=batch_id)
+        if row.status in ("cancelling", "cancelled") or row.outcome == "cancelled":
+            return read_batch(session, tenant=tenant, batch_id=batch_id)
         raise Conflict(f"a {row.status} batch cannot be cancelled")
     assert row.job_id is not None
     job = get_job(session, tenant=tenant, job_id=row.job_id)
@@ -259,7 +169,7 @@ def cancel(session: Session, *, tenant: str, batch_id: str) -> dict[str, Any]:
         now = utcnow()
         cancel_job(session, tenant=tenant, job_id=row.job_id, now=now)
         _move(session, row, "cancelling", cancelling_at=now)
-    return refresh(session, tenant=tenant, batch_id=batch_id)
+    return read_batch(session, tenant=tenant, batch_id=batch_id)
 
 
 def list_batches(session: Session, *, tenant: str, after: str | None, limit: int) -> dict[str, Any]:
@@ -277,7 +187,7 @@ def list_batches(session: Session, *, tenant: str, after: str | None, limit: int
             query.order_by(OpenAIBatch.created_at.desc(), OpenAIBatch.id.desc()).limit(limit + 1)
         )
     )
-    data = [refresh(session, tenant=tenant, batch_id=i) for i in ids[:limit]]
+    data = [read_batch(session, tenant=tenant, batch_id=i) for i in ids[:limit]]
     return {
         "object": "list",
         "data": data,
@@ -287,6 +197,17 @@ def list_batches(session: Session, *, tenant: str, after: str | None, limit: int
     }
 
 
+def _shown_status(row: OpenAIBatch, job_ended: bool) -> str:
+    """OpenAI's status for the row: a batch whose job has ended but which the finalizer has
+    not taken yet reads as finalizing already, and one being finalized after a cancel as
+    cancelling until it is cancelled."""
+    if row.status == "finalizing":
+        return "cancelling" if row.outcome == "cancelled" else "finalizing"
+    if row.status == "expiring" or (row.status == "in_progress" and job_ended):
+        return "finalizing"
+    return row.status
+
+
 def _ts(value: datetime | None) -> int | None:
     return None if value is None else int(value.timestamp())
 
@@ -294,8 +215,10 @@ def _ts(value: datetime | None) -> int | None:
 def public(session: Session, row: OpenAIBatch) -> dict[str, Any]:
     counts = {"total": row.invalid, "completed": 0, "failed": row.invalid}
     model, usage = None, None
+    job_ended, finished = False, None
     if row.job_id is not None:
         job = get_job(session, tenant=row.tenant, job_id=row.job_id)
+        job_ended, finished = job.status.is_terminal, job.finished_at
         counts["total"] += job.total
         counts["completed"] = job.succeeded
         counts["failed"] += job.failed + job.cancelled
@@ -307,8 +230,9 @@ def public(session: Session, row: OpenAIBatch) -> dict[str, Any]:
             "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": job.prompt_tokens + job.completion_tokens,
         }
-    status = "finalizing" if row.status == "expiring" else row.status
+    status = _shown_status(row, job_ended)
     ended = _ts(row.ended_at)
+    finalizing = row.finalizing_at or (finished if status == "finalizing" else None)
     return {
         "id": row.id,
         "object": "batch",
@@ -322,7 +246,7 @@ def public(session: Session, row: OpenAIBatch) -> dict[str, Any]:
         "created_at": _ts(row.created_at),
         "in_progress_at": _ts(row.created_at) if row.job_id else None,
         "expires_at": _ts(row.expires_at),
-        "finalizing_at": ended if status in ("completed", "expired") else None,
+        "finalizing_at": _ts(finalizing) if row.outcome != "cancelled" else None,
         "completed_at": ended if status == "completed" else None,
         "failed_at": ended if status == "failed" else None,
         "expired_at": ended if status == "expired" else None,

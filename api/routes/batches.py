@@ -27,7 +27,7 @@ def create(body: BatchCreate, tenant: TenantDep, context: ContextDep) -> dict[st
         metadata=body.metadata,
     )
     with context.sessions.begin() as session:
-        return openai_batches.refresh(session, tenant=tenant, batch_id=batch_id)
+        return openai_batches.read_batch(session, tenant=tenant, batch_id=batch_id)
 
 
 @router.get("")
@@ -42,7 +42,7 @@ def index(
 
 @router.get("/{batch_id}")
 def read(batch_id: str, session: SessionDep, tenant: TenantDep) -> dict[str, Any]:
-    return openai_batches.refresh(session, tenant=tenant, batch_id=batch_id)
+    return openai_batches.read_batch(session, tenant=tenant, batch_id=batch_id)
 
 
 @router.post("/{batch_id}/cancel")

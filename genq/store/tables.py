@@ -322,7 +322,7 @@ class OpenAIBatch(Base):
     """An OpenAI-compatible batch: a job plus the lifecycle fields OpenAI's clients expect."""
 
     __tablename__ = "openai_batches"
-    __table_args__ = (Index(None, "tenant", "created_at"),)
+    __table_args__ = (Index(None, "tenant", "created_at"), Index(None, "status"))
 
     id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
     tenant: Mapped[str] = mapped_column(String(MAX_NAME_LENGTH))
@@ -341,6 +341,11 @@ class OpenAIBatch(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # status reached its end
     cancelling_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Once its job has ended: finalizing (its files being written) from finalizing_at, under a
+    # finalizer's lease until finalize_until, then ``outcome`` (completed, cancelled, expired).
+    finalizing_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    outcome: Mapped[str | None] = mapped_column(String(16))
+    finalize_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Tenant(Base):

@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 from api.app import create_app
 from api.context import Context
 from genq.auth import create_key
+from genq.batch_finalizer import BatchFinalizer
 from genq.settings import Settings
 from genq.store import make_engine, session_factory, upgrade
 from tests.worker.conftest import tiny, tiny_cache
@@ -41,12 +42,14 @@ class Service:
 @pytest.fixture
 def make_service(tmp_path: Path, tiny_cache: Path) -> Iterator[Callable[..., Service]]:
     """Factory: ``make_service(**settings)`` -> a Service with tenants ``a`` and ``b``, on a new
-    SQLite file unless ``database_url`` names another (empty) database."""
+    SQLite file unless ``database_url`` names another (empty) database; with a batch finalizer
+    running unless ``finalize=False``."""
     pollers: list[Poller] = []
     clients: list[TestClient] = []
     engines: list[Engine] = []
+    finalizers: list[BatchFinalizer] = []
 
-    def make(**overrides: object) -> Service:
+    def make(*, finalize: bool = True, **overrides: object) -> Service:
         url = str(overrides.pop("database_url", f"sqlite:///{tmp_path / f'api-{len(clients)}.db'}"))
         upgrade(url)
         options: dict[str, object] = {
@@ -64,6 +67,12 @@ def make_service(tmp_path: Path, tiny_cache: Path) -> Iterator[Callable[..., Ser
             keys = {t: create_key(session, tenant=t) for t in ("a", "b")}
         client = TestClient(create_app(context))
         clients.append(client)
+        # The app's own finalizer runs in its lifespan, which a TestClient outside a with
+        # block does not start: batches move on through this one.
+        if finalize:
+            finalizer = BatchFinalizer(context.sessions, every=0.05)
+            finalizers.append(finalizer)
+            finalizer.start()
 
         def start_worker() -> Poller:
             poller = Poller(settings, context.sessions, poll_seconds=0.05)
@@ -74,6 +83,8 @@ def make_service(tmp_path: Path, tiny_cache: Path) -> Iterator[Callable[..., Ser
         return Service(context, client, keys, start_worker)
 
     yield make
+    for finalizer in finalizers:
+        finalizer.stop(timeout=10)
     for poller in pollers:
         poller.stop()
         poller.join(timeout=60)

@@ -152,6 +152,12 @@ def test_a_cancelled_openai_batch_says_when_it_was_asked(service: Service) -> No
     body = batch_body(upload(service, "a", [openai_line()]))
     batch = client.post("/v1/batches", json=body, headers=a).json()
     assert batch["cancelling_at"] is None
-    cancelled = client.post(f"/v1/batches/{batch['id']}/cancel", headers=a).json()
-    assert cancelled["status"] == "cancelled"
+    cancelling = client.post(f"/v1/batches/{batch['id']}/cancel", headers=a).json()
+    assert cancelling["status"] == "cancelling" and cancelling["cancelled_at"] is None
+    deadline = time.monotonic() + 30
+    while (cancelled := client.get(f"/v1/batches/{batch['id']}", headers=a).json())[
+        "status"
+    ] != "cancelled":
+        assert time.monotonic() < deadline, cancelled
+        time.sleep(0.05)
     assert cancelled["created_at"] <= cancelled["cancelling_at"] <= cancelled["cancelled_at"]

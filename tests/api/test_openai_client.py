@@ -128,8 +128,11 @@ def test_cancel_and_list_pages(live: Callable[[str], openai.OpenAI], tmp_path: P
         ).id
         for _ in range(3)
     ]
-    cancelled = client.batches.cancel(ids[0])
-    assert cancelled.status == "cancelled"  # nothing was running: it settles at once
+    cancelling = client.batches.cancel(ids[0])
+    assert cancelling.status == "cancelling" and cancelling.cancelling_at is not None
+    # Nothing was running: the finalizer writes its error file and it ends.
+    cancelled = _wait(client, ids[0], until=("cancelled",))
+    assert cancelled.finalizing_at is None and cancelled.cancelled_at is not None
     assert cancelled.request_counts is not None and cancelled.request_counts.failed == 3
     assert cancelled.output_file_id is None and cancelled.error_file_id
     # The SDK's auto-pagination follows after=last_id through our pages of 2.
@@ -164,9 +167,9 @@ def test_a_batch_past_its_window_expires_keeping_finished_work(
             .where(OpenAIBatch.id == batch.id)
             .values(expires_at=utcnow() - timedelta(seconds=1))
         )
-    expired = client.batches.retrieve(batch.id)
-    assert expired.status == "expired"
-    assert expired.expired_at is not None
+    # The finalizer cancels its job past the window, writes its files, and it ends expired.
+    expired = _wait(client, batch.id, until=("expired",))
+    assert expired.expired_at is not None and expired.finalizing_at is not None
     assert expired.request_counts is not None
     assert (expired.request_counts.completed, expired.request_counts.failed) == (1, 3)
     assert expired.output_file_id is not None

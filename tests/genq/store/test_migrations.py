@@ -19,7 +19,7 @@ TABLES |= {"file_parts", "job_batches", "webhook_deliveries"}
 
 def test_one_head(sqlite_url: Callable[[], str]) -> None:
     script = ScriptDirectory.from_config(alembic_config(sqlite_url()))
-    assert script.get_heads() == ["0012"]
+    assert script.get_heads() == ["0013"]
 
 
 def test_upgrade_from_empty_matches_the_models(db_url: Callable[[], str]) -> None:
@@ -29,7 +29,7 @@ def test_upgrade_from_empty_matches_the_models(db_url: Callable[[], str]) -> Non
     try:
         with engine.connect() as conn:
             context = MigrationContext.configure(conn, opts={"compare_type": True})
-            assert context.get_current_revision() == "0012"
+            assert context.get_current_revision() == "0013"
             assert set(inspect(conn).get_table_names()) == TABLES | {"alembic_version"}
             assert compare_metadata(context, Base.metadata) == []
     finally:
