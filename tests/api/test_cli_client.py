@@ -97,7 +97,8 @@ def _openai_lines() -> list[dict[str, Any]]:
     for i, line in enumerate(
         map(json.loads, (EXAMPLES / "prompts.jsonl").read_text().split("\n")[:9])
     ):
-        body: dict[str, Any] = {"model": "tiny-gpt2", "prompt": line["prompt"], "max_tokens": 12}
+        text = line.get("prompt") or line["messages"][0]["content"]
+        body: dict[str, Any] = {"model": "tiny-gpt2", "prompt": text, "max_tokens": 12}
         body.update(
             [
                 {"temperature": 0},
