@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from api import errors, outage
 from api.context import Context, build_context
@@ -71,7 +72,10 @@ def create_app(context: Context | None = None, *, distributed: bool = False) -> 
             if context.loop_reads is not None:
                 await context.loop_reads.close()
 
-    app = FastAPI(title="genq", version="0.1.0", responses=ERROR_RESPONSES, lifespan=lifespan)
+    # /docs and /redoc load their scripts and styles from this app: they work offline.
+    app = FastAPIOffline(
+        title="genq", version="0.1.0", responses=ERROR_RESPONSES, lifespan=lifespan
+    )
     app.state.context = context
     errors.install(app)
     outage.install(app)

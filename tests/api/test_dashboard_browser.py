@@ -13,6 +13,7 @@ import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service as DriverService
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
 from api.routes.ui import COOKIE
 from tests.api.conftest import Service
@@ -44,6 +45,11 @@ def browser() -> Iterator[webdriver.Chrome]:
     driver.quit()
 
 
+def arrive(browser: webdriver.Chrome, url: str) -> None:
+    """Wait for a click's navigation to land on ``url``."""
+    WebDriverWait(browser, 15).until(lambda b: b.current_url == url)
+
+
 def _upload(service: Service) -> str:
     lines = [f'{{"custom_id": "item-{i}", "prompt": "Item {i}: the river"}}' for i in range(8)]
     lines.insert(3, "not json at all")
@@ -73,11 +79,11 @@ def test_log_in_and_follow_a_job(
     assert browser.current_url == f"{live_url}/ui/login"  # no key yet
     browser.find_element(By.ID, "key").send_keys("gq_wrong")
     browser.find_element(By.ID, "login").click()
+    WebDriverWait(browser, 15).until(lambda b: b.find_elements(By.ID, "login-error"))
     assert "unknown or revoked" in browser.find_element(By.ID, "login-error").text
     browser.find_element(By.ID, "key").send_keys(service.keys["a"])
     browser.find_element(By.ID, "login").click()
-
-    assert browser.current_url == f"{live_url}/ui"
+    arrive(browser, f"{live_url}/ui")
     assert browser.find_element(By.ID, "tenant").text == "a"
     cookie = browser.get_cookie(COOKIE)
     assert cookie is not None and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
@@ -94,7 +100,7 @@ def test_log_in_and_follow_a_job(
     assert worker[1].text == "tiny-gpt2"
 
     rows[0].find_element(By.TAG_NAME, "a").click()
-    assert browser.current_url == f"{live_url}/ui/jobs/{job['id']}"
+    arrive(browser, f"{live_url}/ui/jobs/{job['id']}")
     assert browser.find_element(By.ID, "job-status").text == "completed"
     assert browser.find_element(By.ID, "succeeded").text == "8"
     assert browser.find_element(By.ID, "failed").text == "1"
@@ -114,7 +120,21 @@ def test_log_in_and_follow_a_job(
         shutil.copy(shot, Path(os.environ["GENQ_SCREENSHOTS"]) / "dashboard-job.png")
 
     browser.find_element(By.CSS_SELECTOR, "header form button").click()
-    assert browser.current_url == f"{live_url}/ui/login"
+    arrive(browser, f"{live_url}/ui/login")
     assert browser.get_cookie(COOKIE) is None
     browser.get(f"{live_url}/ui/jobs/{job['id']}")
     assert browser.current_url == f"{live_url}/ui/login"
+
+
+def test_the_api_docs_render_with_nothing_from_elsewhere(
+    live_url: str, browser: webdriver.Chrome
+) -> None:
+    browser.get(f"{live_url}/docs")
+    paths = WebDriverWait(browser, 30).until(
+        lambda b: [e.text for e in b.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")]
+    )
+    assert "/v1/jobs" in paths and "/v1/jobs/{job_id}/retry" in paths
+    loaded = browser.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name)"
+    )
+    assert loaded and all(url.startswith(live_url) for url in loaded), loaded
