@@ -139,6 +139,8 @@ class Settings(BaseSettings):
     # Finished jobs (requests, results, their OpenAI batch) and files older than this many days
     # are deleted by the reconciler; 0 keeps everything.
     retention_days: float = Field(default=30, ge=0)
+    # When set, /metrics answers only a scrape that sends "Authorization: Bearer <token>".
+    metrics_token: str | None = Field(default=None, min_length=16)
     # Webhooks (a job's webhook_url, or its tenant's): sent from each API process, looked for
     # every webhook_poll_seconds, each attempt given webhook_timeout_seconds; a failed one is
     # tried again after webhook_backoff_seconds, doubled each time (at most an hour), up to

@@ -5,6 +5,7 @@ counted at each scrape."""
 
 from __future__ import annotations
 
+import hmac
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
@@ -19,6 +20,7 @@ from api.context import Context
 from api.deps import ContextDep
 from api.histograms import BatchHistograms, JobLatency
 from api.openapi import non_json
+from genq.errors import Unauthorized
 from genq.store.shares import TenantUsage, usage
 from genq.store.tables import Result, utcnow
 from genq.store.views import finished_totals, live_workers, queue_depths, request_counts
@@ -136,6 +138,12 @@ def _tenant_families(tenants: dict[str, TenantUsage]) -> Iterator[Metric]:
 
 @router.get("/metrics", responses=non_json(CONTENT_TYPE_LATEST, "Prometheus text format"))
 def metrics(request: Request, context: ContextDep) -> Response:
+    """Prometheus metrics; with GENQ_METRICS_TOKEN set, only for a bearer of that token."""
+    token = context.settings.metrics_token
+    if token is not None:
+        scheme, _, sent = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(sent.strip(), token):
+            raise Unauthorized("/metrics needs Authorization: Bearer <GENQ_METRICS_TOKEN>")
     registry = CollectorRegistry(auto_describe=False)
     collector = StoreCollector(context, *histograms(request.app))
     registry.register(collector)  # type: ignore[arg-type]

@@ -98,3 +98,18 @@ def test_a_scrape_moves_the_batch_histograms_by_exactly_the_new_batches(
         again = restarted.get("/metrics").text
     for name in (rows, eff):
         assert _histogram(again, name) == _histogram(second, name)
+
+
+def test_a_metrics_token_guards_the_scrape(make_service: Callable[..., Service]) -> None:
+    token = "scrape-token-0123456789"
+    service = make_service(metrics_token=token)
+    client = service.client
+    assert client.get("/metrics").status_code == 401
+    wrong = client.get("/metrics", headers={"Authorization": "Bearer nope-nope-nope-nope"})
+    assert wrong.status_code == 401 and "GENQ_METRICS_TOKEN" in wrong.json()["error"]["message"]
+    assert (
+        client.get("/metrics", headers=service.as_("a")).status_code == 401
+    )  # an API key is not it
+    good = client.get("/metrics", headers={"Authorization": f"Bearer {token}"})
+    assert good.status_code == 200 and "genq_queue_depth" in good.text
+    assert make_service().client.get("/metrics").status_code == 200  # unset: open, as before
