@@ -126,7 +126,7 @@ def run(
 
     The model is --model (a name, or a model directory), else the one OpenAI lines name in
     body.model, else the default."""
-    from genq.modelnames import local_model
+    from genq.modelnames import check_model, local_model
     from worker.bulk import read_input, run_file
     from worker.service import model_engine
 
@@ -148,6 +148,7 @@ def run(
         if not source.read.valid:  # refused before the model loads (a CSV, the wrong file)
             first = source.read.lines[0].error_text if source.read.lines else "the file is empty"
             raise GenqError(f"no line of {input_path} can run (JSONL expected): {first}")
+        check_model(source.model, settings)  # an unknown name is refused before any load
         engine = model_engine(settings, source.model)()
         summary = run_file(source, output, engine=engine, settings=settings, progress=progress)
     except GenqError as exc:
@@ -240,6 +241,33 @@ def reconcile(
         if once:
             return
         time.sleep(settings.reconcile_seconds)
+
+
+jobs_app = typer.Typer(help="Your jobs on GENQ_API_URL.", no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
+
+
+@jobs_app.command("list")
+def jobs_list(
+    limit: Annotated[int, typer.Option(min=1, max=100, help="jobs to show, newest first")] = 20,
+    after: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="show the jobs older than this job id (the last one of a page)"),
+    ] = None,
+) -> None:
+    """Your tenant's jobs, newest first: id, status, model, progress, failures, created."""
+    with _api() as client:
+        page = client.jobs(after=after, limit=limit)
+    typer.echo(f"{'job':<32} {'status':<10} {'model':<16} {'done':>15} {'failed':>7}  created")
+    for job in page["data"]:
+        c = job["counts"]
+        done = f"{c['succeeded'] + c['failed'] + c['cancelled']}/{c['total']}"
+        typer.echo(
+            f"{job['id']:<32} {job['status']:<10} {job['model']:<16} {done:>15} "
+            f"{c['failed']:>7}  {job['created_at'][:19].replace('T', ' ')}"
+        )
+    if page["has_more"]:
+        typer.echo(f"more: genq jobs list --after {page['last_id']}", err=True)
 
 
 keys_app = typer.Typer(help="API keys: bearer tokens bound to a tenant.", no_args_is_help=True)

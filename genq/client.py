@@ -85,6 +85,11 @@ class Client:
         with self._reaching():
             return self._json(self.http.post("/v1/jobs", json=body))  # type: ignore[no-any-return]
 
+    def jobs(self, *, after: str | None = None, limit: int = 20) -> dict[str, Any]:
+        params: dict[str, Any] = {"limit": limit} | ({"after": after} if after else {})
+        with self._reaching():
+            return self._json(self.http.get("/v1/jobs", params=params))  # type: ignore[no-any-return]
+
     def status(self, job_id: str) -> dict[str, Any]:
         with self._reaching():
             return self._json(self.http.get(f"/v1/jobs/{job_id}"))  # type: ignore[no-any-return]

@@ -85,6 +85,15 @@ def test_the_cli_says_what_is_wrong_without_a_traceback(
         assert isinstance(down.exception, SystemExit)
     version = runner.invoke(app, ["--version"])
     assert version.exit_code == 0 and version.stdout.startswith("genq ")
+    # An unknown model is refused before any model loads (nor writes an output file).
+    for args in (["retry", "job_x"], ["jobs", "list"]):
+        get_settings.cache_clear()
+        assert runner.invoke(app, args).exit_code == 2, args
+    get_settings.cache_clear()
+    out = tmp_path / "out.jsonl"
+    unknown = runner.invoke(app, ["run", str(path), "-o", str(out), "--model", "no-such-model"])
+    assert unknown.exit_code == 2 and "unknown model 'no-such-model'" in unknown.output
+    assert "Loading" not in unknown.output and not out.exists()
 
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -204,3 +213,26 @@ def test_retry_from_the_cli(
     missing = runner.invoke(app, ["retry", "job_nope"])
     assert missing.exit_code == 2 and "Traceback" not in missing.output
     assert missing.output.strip().startswith("error:")
+
+
+def test_jobs_list_newest_first_with_more(
+    live: Callable[[str], openai.OpenAI], service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GENQ_API_URL", str(live("a").base_url).removesuffix("/v1/"))
+    monkeypatch.setenv("GENQ_API_KEY", service.keys["a"])
+    ids = [
+        service.client.post(
+            "/v1/jobs", json={"requests": [{"prompt": "x"}] * n}, headers=service.as_("a")
+        ).json()["id"]
+        for n in (1, 2, 3)
+    ]
+    service.client.post("/v1/jobs", json={"requests": [{"prompt": "y"}]}, headers=service.as_("b"))
+    runner = CliRunner()
+    shown = runner.invoke(app, ["jobs", "list", "--limit", "2"])
+    assert shown.exit_code == 0, shown.output
+    rows = shown.stdout.splitlines()[1:]
+    assert [r.split()[0] for r in rows] == ids[::-1][:2]
+    assert rows[0].split()[1:4] == ["queued", "tiny-gpt2", "0/3"]
+    assert f"--after {ids[1]}" in shown.stderr
+    rest = runner.invoke(app, ["jobs", "list", "--after", ids[1]])
+    assert [r.split()[0] for r in rest.stdout.splitlines()[1:]] == [ids[0]]  # not tenant b's
