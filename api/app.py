@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
-from api import errors, outage
+from api import errors, openapi, outage
 from api.context import Context, build_context
 from api.limits import BodyLimit
 from api.openapi import ERROR_RESPONSES
@@ -82,6 +82,7 @@ def create_app(context: Context | None = None, *, distributed: bool = False) -> 
     for module in (health, metrics, jobs, files, batches, models, webhooks, ui):
         app.include_router(module.router)
     app.mount("/ui/static", ui.static, name="ui-static")
+    openapi.install(app)
     app.add_middleware(BodyLimit, max_bytes=context.settings.max_body_bytes)
     return app
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fastapi import FastAPI
 from pydantic import BaseModel
 
 
@@ -37,8 +38,42 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def non_json(media_type: str, description: str) -> dict[int | str, dict[str, Any]]:
-    """A 200 answered in ``media_type`` (besides, or instead of, JSON)."""
-    return {
-        200: {"content": {media_type: {"schema": {"type": "string"}}}, "description": description}
+def non_json(
+    media_type: str, description: str, *, model: type[BaseModel] | None = None
+) -> dict[int | str, dict[str, Any]]:
+    """A 200 answered in ``media_type`` (besides, or instead of, JSON as ``model``)."""
+    answer: dict[str, Any] = {
+        "content": {media_type: {"schema": {"type": "string"}}},
+        "description": description,
     }
+    if model is not None:
+        answer["model"] = model
+    return {200: answer}
+
+
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+"""Routes that take no API key (/metrics may take GENQ_METRICS_TOKEN instead)."""
+
+
+def install(app: FastAPI) -> None:
+    """The app's schema with its bearer-key security scheme on every route that needs a key."""
+    made_by_fastapi = app.openapi
+
+    def schema() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            made = made_by_fastapi()
+            made.setdefault("components", {})["securitySchemes"] = {
+                "apiKey": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An API key (gq_...): genq keys create --tenant NAME",
+                }
+            }
+            for path, operations in made["paths"].items():
+                if path not in OPEN_PATHS:
+                    for operation in operations.values():
+                        operation["security"] = [{"apiKey": []}]
+            app.openapi_schema = made
+        return app.openapi_schema
+
+    app.openapi = schema  # type: ignore[method-assign]

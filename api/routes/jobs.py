@@ -13,6 +13,7 @@ from api.context import Context
 from api.deps import ContextDep, SessionDep, TenantDep, cached_read, run_read
 from api.jsonbody import CheckedJsonRoute
 from api.openapi import non_json
+from api.schemas import JobList, JobPublic, JobRetried, ResultPage, answers
 from genq import service
 from genq.intake import JobCreate
 from genq.intake.jsontext import INT_LIMIT
@@ -27,7 +28,12 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=CheckedJsonRout
 MAX_PAGE = 1000
 
 
-@router.post("", status_code=202)
+@router.post(
+    "",
+    status_code=202,
+    response_model=None,
+    responses={202: {"model": JobPublic, "description": "Accepted"}},
+)
 def create(body: JobCreate, tenant: TenantDep, context: ContextDep) -> dict[str, Any]:
     """Submit a job: its requests in the body, or an uploaded file's lines (``input_file_id``).
     ``params`` are every request's defaults; a request's own ``params`` override them."""
@@ -38,7 +44,7 @@ def create(body: JobCreate, tenant: TenantDep, context: ContextDep) -> dict[str,
         return service.job_public(get_job(session, tenant=tenant, job_id=job_id))
 
 
-@router.get("")
+@router.get("", response_model=None, responses=answers(JobList))
 def index(
     session: SessionDep,
     tenant: TenantDep,
@@ -55,7 +61,7 @@ def index(
     }
 
 
-@router.get("/{job_id}")
+@router.get("/{job_id}", response_model=None, responses=answers(JobPublic))
 async def read(job_id: str, tenant: TenantDep, context: ContextDep) -> dict[str, Any]:
     # Clients poll this route: async, with run_read, it costs no trip through the thread pool,
     # and many clients polling one job share a read (GENQ_JOB_CACHE_SECONDS).
@@ -79,7 +85,9 @@ async def read(job_id: str, tenant: TenantDep, context: ContextDep) -> dict[str,
 @router.get(
     "/{job_id}/results",
     response_model=None,
-    responses=non_json("application/jsonl", "With format=jsonl: every finished result"),
+    responses=non_json(
+        "application/jsonl", "With format=jsonl: every finished result", model=ResultPage
+    ),
 )
 async def results(
     job_id: str,
@@ -137,7 +145,7 @@ def _page(
     return job, finished_prefix(reader, job_id=job_id, after_idx=after, limit=limit)
 
 
-@router.post("/{job_id}/cancel")
+@router.post("/{job_id}/cancel", response_model=None, responses=answers(JobPublic))
 def cancel(job_id: str, tenant: TenantDep, context: ContextDep) -> dict[str, Any]:
     with context.sessions.begin() as session:
         job = cancel_job(session, tenant=tenant, job_id=job_id)
@@ -147,7 +155,7 @@ def cancel(job_id: str, tenant: TenantDep, context: ContextDep) -> dict[str, Any
     return service.job_public(job)
 
 
-@router.post("/{job_id}/retry")
+@router.post("/{job_id}/retry", response_model=None, responses=answers(JobRetried))
 def retry(job_id: str, tenant: TenantDep, context: ContextDep) -> dict[str, Any]:
     """Queue a completed job's failed requests again, with fresh attempts; every success is
     kept. ``requeued`` says how many went back (lines refused at intake stay failed); 409 for

@@ -158,3 +158,39 @@ def test_retry_runs_only_the_failed_requests_again(service: Service) -> None:
     assert all(r["status"] == "succeeded" for r in rows)
     again = client.post(f"/v1/jobs/{job['id']}/retry", headers=a).json()
     assert again["requeued"] == 0 and again["status"] == "completed"
+
+
+def test_answers_are_what_the_schema_documents(service: Service) -> None:
+    from api import schemas
+
+    client, a = service.client, service.as_("a")
+    created = client.post("/v1/jobs", json=prompts(3), headers=a)
+    schemas.JobPublic.model_validate(created.json())  # every field, and no other
+    job_id = created.json()["id"]
+    queued = client.get(f"/v1/jobs/{job_id}", headers=a).json()
+    assert schemas.JobPublic.model_validate(queued).queue is not None
+    service.start_worker()
+    wait_job(client, job_id, a)
+    schemas.JobPublic.model_validate(client.get(f"/v1/jobs/{job_id}", headers=a).json())
+    schemas.JobList.model_validate(client.get("/v1/jobs", headers=a).json())
+    page = schemas.ResultPage.model_validate(
+        client.get(f"/v1/jobs/{job_id}/results", headers=a).json()
+    )
+    assert len(page.data) == 3
+    schemas.JobRetried.model_validate(client.post(f"/v1/jobs/{job_id}/retry", headers=a).json())
+    schemas.WebhookSecret.model_validate(client.get("/v1/webhooks/secret", headers=a).json())
+    schemas.WebhookDeliveryList.model_validate(
+        client.get(f"/v1/jobs/{job_id}/webhooks", headers=a).json()
+    )
+    other = client.post("/v1/jobs", json=prompts(1), headers=a).json()["id"]
+    schemas.JobPublic.model_validate(client.post(f"/v1/jobs/{other}/cancel", headers=a).json())
+    # The schema names these types for the routes, and a bearer key for all but the open ones.
+    doc = client.get("/openapi.json").json()
+    read = doc["paths"]["/v1/jobs/{job_id}"]["get"]
+    assert read["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/JobPublic"
+    }
+    assert read["security"] == [{"apiKey": []}]
+    assert doc["components"]["securitySchemes"]["apiKey"]["scheme"] == "bearer"
+    assert "security" not in doc["paths"]["/healthz"]["get"]
+    assert set(read["responses"]) >= {"200", "401", "404", "422"}

@@ -19,6 +19,8 @@ EXAMPLES = 30
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
 def test_the_api_keeps_to_its_schema(service: Service, mode: GenerationMode) -> None:
     schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(service.context))
+    # Every call carries tenant a's key (below): the schema's security scheme is not generated.
+    schema.config.generation.update(with_security_parameters=False)
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 12
     ran: list[str] = []
