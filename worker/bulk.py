@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from genq.errors import Conflict
 from genq.intake import FileInput, Line, read_file
+from genq.intake.tabular import input_bytes
 from genq.modelnames import check_model
 from genq.outputs import render
 from genq.settings import Settings, get_settings
@@ -104,7 +105,7 @@ def read_input(path: Path, *, model: str | None, settings: Settings) -> RunInput
     """``path``'s lines; the model is ``model``, else the first the lines name (OpenAI lines'
     ``body.model``) that this machine has, else the default. A line naming an unknown model, or
     another than the run's, fails alone."""
-    raw = path.read_bytes()
+    raw = input_bytes(path)  # CSV and Parquet rows as JSONL lines
     known = partial(check_model, settings=settings)
     read = read_file(raw, settings=settings, model=model, check_model=known)
     return RunInput(raw, read, read.model or settings.default_model)

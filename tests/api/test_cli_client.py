@@ -236,3 +236,50 @@ def test_jobs_list_newest_first_with_more(
     assert f"--after {ids[1]}" in shown.stderr
     rest = runner.invoke(app, ["jobs", "list", "--after", ids[1]])
     assert [r.split()[0] for r in rest.stdout.splitlines()[1:]] == [ids[0]]  # not tenant b's
+
+
+def test_run_and_submit_read_a_csv_as_its_jsonl(
+    live: Callable[[str], openai.OpenAI],
+    service: Service,
+    tiny_cache: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import csv
+
+    rows = [
+        {"custom_id": f"r{i}", "prompt": f"Item {i}, the river", "params": '{"max_new_tokens": 3}'}
+        for i in range(3)
+    ]
+    table = tmp_path / "in.csv"
+    with table.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["custom_id", "prompt", "params"])
+        writer.writeheader()
+        writer.writerows(rows)
+    same = tmp_path / "in.jsonl"
+    same.write_text(
+        "".join(json.dumps({**r, "params": json.loads(r["params"])}) + "\n" for r in rows)
+    )
+    monkeypatch.setenv("GENQ_MODEL_CACHE", str(tiny_cache))
+    monkeypatch.setenv("GENQ_DEFAULT_MODEL", "tiny-gpt2")
+    monkeypatch.setenv("GENQ_API_URL", str(live("a").base_url).removesuffix("/v1/"))
+    monkeypatch.setenv("GENQ_API_KEY", service.keys["a"])
+    runner = CliRunner()
+    texts = {}
+    for path in (table, same):
+        monkeypatch.setenv("GENQ_DATABASE_URL", f"sqlite:///{tmp_path / (path.suffix[1:] + '.db')}")
+        get_settings.cache_clear()
+        out = tmp_path / f"{path.suffix[1:]}.out.jsonl"
+        ran = runner.invoke(app, ["run", str(path), "-o", str(out), "--no-progress"])
+        assert ran.exit_code == 0, ran.output
+        texts[path.suffix] = [
+            (r["custom_id"], r["text"]) for r in map(json.loads, out.read_text().splitlines())
+        ]
+    assert texts[".csv"] == texts[".jsonl"] and [c for c, _ in texts[".csv"]] == ["r0", "r1", "r2"]
+    service.start_worker()
+    submitted = runner.invoke(app, ["submit", str(table), "--wait"])
+    assert submitted.exit_code == 0, submitted.output
+    job_id = submitted.stdout.splitlines()[0]
+    got = runner.invoke(app, ["results", job_id, "-o", "-"])
+    results = [json.loads(x) for x in got.stdout.splitlines()]
+    assert [(r["custom_id"], r["text"]) for r in results] == texts[".csv"]
