@@ -29,3 +29,15 @@ def prompts(count: int, **extra: Any) -> dict[str, Any]:
     }
     body.update(extra)
     return body
+
+
+def upload(service: Any, content: bytes, *, tenant: str = "a", name: str = "in.jsonl") -> str:
+    """``content`` uploaded as a batch file of ``tenant``; its file id."""
+    answer = service.client.post(
+        "/v1/files",
+        data={"purpose": "batch"},
+        files={"file": (name, content, "application/jsonl")},
+        headers=service.as_(tenant),
+    )
+    assert answer.status_code == 200, answer.text
+    return str(answer.json()["id"])

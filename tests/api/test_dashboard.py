@@ -7,18 +7,7 @@ import re
 
 from api.routes.ui import COOKIE
 from tests.api.conftest import Service
-from tests.api.support import prompts, wait_job
-
-
-def upload(service: Service, content: bytes, tenant: str = "a") -> str:
-    answer = service.client.post(
-        "/v1/files",
-        data={"purpose": "batch"},
-        files={"file": ("in.jsonl", content, "application/jsonl")},
-        headers=service.as_(tenant),
-    )
-    assert answer.status_code == 200, answer.text
-    return str(answer.json()["id"])
+from tests.api.support import prompts, upload, wait_job
 
 
 def log_in(service: Service, tenant: str) -> None:

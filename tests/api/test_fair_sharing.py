@@ -15,6 +15,7 @@ from genq.store.shares import set_tenant
 from genq.store.tables import Job, OpenAIBatch, Request
 from tests.api.conftest import Service
 from tests.api.support import prompts, wait_job
+from tests.api.support import upload as upload_bytes
 from worker.models import LoadedModel
 
 
@@ -36,14 +37,7 @@ def openai_line(n: int = 0) -> dict[str, Any]:
 
 def upload(service: Service, tenant: str, lines: list[dict[str, Any]]) -> str:
     content = "".join(json.dumps(line) + "\n" for line in lines).encode()
-    answer = service.client.post(
-        "/v1/files",
-        data={"purpose": "batch"},
-        files={"file": ("in.jsonl", content, "application/jsonl")},
-        headers=service.as_(tenant),
-    )
-    assert answer.status_code == 200, answer.text
-    return str(answer.json()["id"])
+    return upload_bytes(service, content, tenant=tenant)
 
 
 def batch_body(file_id: str, **extra: Any) -> dict[str, Any]:

@@ -358,7 +358,9 @@ def test_genq_run_exit_codes_say_when_nothing_ran(
     refused = runner.invoke(
         app, ["run", str(csv), "-o", str(tmp_path / "a.jsonl"), "--model", "tiny-gpt2"]
     )
-    assert refused.exit_code == 2 and "JSONL expected" in refused.output
+    # Read as a CSV, its one row has no field a line takes: nothing can run.
+    assert refused.exit_code == 2 and "JSONL, CSV or Parquet expected" in refused.output
+    assert "max_tokens: unknown field" in refused.output
     assert not (tmp_path / "a.jsonl").exists()  # refused before anything ran
     too_long = write_lines(
         tmp_path / "long.jsonl", [{"prompt": "hi", "params": {"max_new_tokens": 30000}}]
