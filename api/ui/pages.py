@@ -14,6 +14,7 @@ from genq.store import get_job
 from genq.store.activity import job_batches, job_errors, tenant_batches, worker_activity
 from genq.store.tables import utcnow
 from genq.store.views import list_jobs, queue_depths
+from genq.store.webhooks import job_deliveries
 
 JOBS_PER_PAGE = 25
 WORKER_WINDOW_SECONDS = 300.0
@@ -136,4 +137,16 @@ def job(session: Session, *, tenant: str, job_id: str) -> dict[str, Any]:
             for b in reversed(batches[-10:])
         ],
         "errors": job_errors(session, job_id=job_id),
+        "webhooks": [
+            {
+                "id": d.id,
+                "event": d.event,
+                "url": d.url,
+                "status": d.status,
+                "attempts": d.attempts,
+                "answer": d.last_status_code or d.last_error or "-",
+                "age": ago(d.created_at, now),
+            }
+            for d in job_deliveries(session, job_id=job_id)
+        ],
     }

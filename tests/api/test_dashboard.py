@@ -119,3 +119,16 @@ def test_workers_show_with_their_batches(service: Service) -> None:
     cells = re.findall(r"<td[^>]*>([^<]*)</td>", workers.group(0))
     assert cells[1] == "tiny-gpt2" and cells[2].endswith("ago")
     assert float(cells[3]) > 0 and float(cells[4]) >= 4 / 5  # 4 rows over five minutes
+
+
+def test_a_jobs_webhook_events_show_on_its_page(service: Service) -> None:
+    client, a = service.client, service.as_("a")
+    url = "http://127.0.0.1:9/hook"
+    job = client.post("/v1/jobs", json=prompts(1, webhook_url=url), headers=a).json()
+    assert '<table id="webhooks">' not in client.get(f"/ui/jobs/{job['id']}", headers=a).text
+    service.start_worker()
+    wait_job(client, job["id"], a)
+    page = client.get(f"/ui/jobs/{job['id']}", headers=a).text
+    table = re.search(r'<table id="webhooks">.*?</table>', page, re.S)
+    assert table is not None  # no sender runs here: the event waits, as written
+    assert f"<td>job.completed</td><td>{url}</td><td>pending</td>" in table.group(0)
