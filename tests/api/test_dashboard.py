@@ -129,6 +129,8 @@ def test_a_jobs_webhook_events_show_on_its_page(service: Service) -> None:
     service.start_worker()
     wait_job(client, job["id"], a)
     page = client.get(f"/ui/jobs/{job['id']}", headers=a).text
+    assert page.count('<table id="webhooks">') == 1
+    assert f"<title>genq: job {job['id']}</title>" in page
     table = re.search(r'<table id="webhooks">.*?</table>', page, re.S)
     assert table is not None  # no sender runs here: the event waits, as written
     assert f"<td>job.completed</td><td>{url}</td><td>pending</td>" in table.group(0)
