@@ -5,13 +5,14 @@ attempt, never overwritten by an attempt that lost its lease."""
 from __future__ import annotations
 
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from genq.params import GenerationParams
 from genq.store import NewRequest, cancel_job, claim, complete_many, create_job
 from genq.store.records import Outcome
 from genq.store.retry import retry_failed
 from genq.store.tables import Tenant, WebhookDelivery
-from genq.store.webhooks import record_attempt, take_due, tenant_secret
+from genq.store.webhooks import Delivery, record_attempt, take_due, tenant_secret
 from tests.conftest import Database
 from tests.genq.store.support import LEASE, MODEL, TENANT, at, ok
 
@@ -98,6 +99,21 @@ def test_a_retried_job_ends_again_with_a_second_event(store: Database) -> None:
     assert [e[1] for e in events(store)] == ["job.failed", "job.completed"]
 
 
+def attempt(
+    session: Session, delivery: Delivery, code: int | None, error: str | None, when: float
+) -> str:
+    """One attempt's outcome recorded: at most 3 attempts, 5 s of backoff doubled."""
+    return record_attempt(
+        session,
+        delivery=delivery,
+        status_code=code,
+        error=error,
+        max_attempts=3,
+        backoff_seconds=5,
+        now=at(when),
+    )
+
+
 def test_attempts_under_a_lease_with_backoff_until_the_last(store: Database) -> None:
     job(store, n=1)
     finish(store)
@@ -106,43 +122,16 @@ def test_attempts_under_a_lease_with_backoff_until_the_last(store: Database) -> 
         assert first.attempt == 1 and first.url == HOOK and first.secret.startswith("whsec_")
         assert take_due(session, lease_seconds=30, now=at(20)) == []  # leased
     with store.sessions.begin() as session:
-        kept = record_attempt(
-            session,
-            delivery=first,
-            status_code=500,
-            error=None,
-            max_attempts=3,
-            backoff_seconds=5,
-            now=at(11),
-        )
+        kept = attempt(session, first, 500, None, 11)
         assert kept == "pending"
         assert take_due(session, lease_seconds=30, now=at(15)) == []  # 5 s of backoff
         (second,) = take_due(session, lease_seconds=30, now=at(16))
     with store.sessions.begin() as session:
-        record_attempt(
-            session,
-            delivery=second,
-            status_code=None,
-            error="ConnectError",
-            max_attempts=3,
-            backoff_seconds=5,
-            now=at(17),
-        )
+        attempt(session, second, None, "ConnectError", 17)
         assert take_due(session, lease_seconds=30, now=at(26)) == []  # doubled: 10 s
         (third,) = take_due(session, lease_seconds=30, now=at(27))
         # The first attempt's sender, late, cannot overwrite the third's outcome.
-        assert (
-            record_attempt(
-                session,
-                delivery=first,
-                status_code=200,
-                error=None,
-                max_attempts=3,
-                backoff_seconds=5,
-                now=at(28),
-            )
-            == "delivered"
-        )
+        assert attempt(session, first, 200, None, 28) == "delivered"
     with store.sessions.begin() as session:
         row = session.scalar(select(WebhookDelivery))
         assert row is not None and (row.status, row.attempts, row.last_error) == (
@@ -150,18 +139,7 @@ def test_attempts_under_a_lease_with_backoff_until_the_last(store: Database) -> 
             3,
             "ConnectError",
         )
-        assert (
-            record_attempt(
-                session,
-                delivery=third,
-                status_code=503,
-                error=None,
-                max_attempts=3,
-                backoff_seconds=5,
-                now=at(29),
-            )
-            == "failed"
-        )
+        assert attempt(session, third, 503, None, 29) == "failed"
     with store.sessions.begin() as session:
         row = session.scalar(select(WebhookDelivery))
         assert row is not None and (row.status, row.last_status_code, row.last_error) == (
