@@ -7,6 +7,13 @@ attention reads it for every row that starts with it. Rows join and leave withou
 cache: a finished row's slot is reused by the next admitted row; only a relayout (``moved``)
 copies the live columns of the rows that stay.
 
+Prefill writes and moves address the buffers as rows of ``head_dim`` values (one row per slot,
+head and column): one ``index_copy_`` per layer. Measured on a warm cache (2 CPU threads, 128
+slots x 344 columns): a move of 26 rows x 226 columns 640 us against 1,300 us for indexing
+``(slots, :, columns)``, a 900-token prefill write 110 us against 135 us. A decode step's
+write of one column per row stays an indexed write (17 us; 22 us as flat rows). The first
+write of a fresh page costs far more than either (the operating system maps it).
+
 Positions are explicit (``position_ids``), never read from a column index, so a row's columns
 can move. The buffers start as zeros: attention masks columns out, and a masked column must
 still hold a finite number (0 x NaN is NaN). On the CPU those zeros are fresh pages from the
@@ -35,6 +42,14 @@ class Write:
     # prefill: a shared prefix's keys and values per layer, (kv_heads, length, head_dim), that
     # the packed prompts attend to ahead of their own tokens
     prefix: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None
+    rows: torch.Tensor | None = None  # prefill: the flat rows written, from the first layer
+
+
+def _flat(slots: torch.Tensor, columns: torch.Tensor, kv_heads: int, capacity: int) -> torch.Tensor:
+    """Flat row numbers of ``(slot, head, column)`` in a ``(slots, kv_heads, capacity, dim)``
+    buffer, head-major: ``(kv_heads, n)`` for ``n`` (slot, column) pairs, flattened."""
+    heads = torch.arange(kv_heads, device=slots.device)[:, None]
+    return ((slots[None] * kv_heads + heads) * capacity + columns[None]).reshape(-1)
 
 
 class SlotCache(Cache):
@@ -63,11 +78,13 @@ class SlotCache(Cache):
             keys[w.slots, :, w.column] = key_states[:, :, 0]
             values[w.slots, :, w.column] = value_states[:, :, 0]
             return keys, values
-        # Prompts packed into one sequence: each token to its row's slot and column (indexing
-        # (slots, :, columns) puts the indexed dim first: (tokens, kv_heads, head_dim)).
-        assert w.columns is not None
-        keys[w.slots, :, w.columns] = key_states[0].transpose(0, 1)
-        values[w.slots, :, w.columns] = value_states[0].transpose(0, 1)
+        # Prompts packed into one sequence: each token to its row's slot and column.
+        assert w.columns is not None and isinstance(w.slots, torch.Tensor)
+        kv_heads, dim = keys.shape[1], keys.shape[3]
+        if w.rows is None:
+            w.rows = _flat(w.slots, w.columns, kv_heads, self.capacity)
+        keys.view(-1, dim).index_copy_(0, w.rows, key_states[0].reshape(-1, dim))
+        values.view(-1, dim).index_copy_(0, w.rows, value_states[0].reshape(-1, dim))
         if w.prefix is None:
             return key_states, value_states
         k, v = w.prefix[layer_idx]
@@ -85,9 +102,22 @@ class SlotCache(Cache):
     def move(self, source: torch.Tensor, target: torch.Tensor, start: int, end: int) -> None:
         """Slots ``target`` get slots ``source``'s columns [start, end) (read before written,
         so the two may overlap)."""
-        for keys, values in self._layers():
-            keys[target, :, start:end] = keys[source, :, start:end]
-            values[target, :, start:end] = values[source, :, start:end]
+        layers = self._layers()
+        if not layers:
+            return
+        _, kv_heads, capacity, dim = layers[0][0].shape
+        columns = torch.arange(start, end, device=source.device)
+        count = len(columns)
+        rows_from = _flat(
+            source.repeat_interleave(count), columns.repeat(len(source)), kv_heads, capacity
+        )
+        rows_to = _flat(
+            target.repeat_interleave(count), columns.repeat(len(target)), kv_heads, capacity
+        )
+        for keys, values in layers:
+            for buffer in (keys, values):
+                flat = buffer.view(-1, dim)
+                flat.index_copy_(0, rows_to, flat.index_select(0, rows_from))
 
     def shift(self, rows: Sequence[tuple[int, int, int]], column: int) -> None:
         """In place: for each ``(slot, start, end)`` in ``rows`` (by slot), those columns into
